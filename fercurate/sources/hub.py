@@ -1,0 +1,109 @@
+"""A Hugging Face dataset: a local ``save_to_disk`` copy, local parquet files, or a hub repo by name.
+
+Nothing is fetched unless the user names a hub repository. The image column is the first
+``Image`` feature and the label column the first ``ClassLabel`` (or the ones named). A
+ClassLabel's order is the dataset's own, not FER2013's: each class *name* is mapped to a
+canonical emotion (user label map first, then common spellings); classes that map to nothing
+are skipped, per image, with that reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fercurate.schema import canonical_label
+from fercurate.sources.base import Face, Item, Skip, Source, SourceError, decode_image
+from fercurate.sources.imagefolder import parse_label_map
+
+if TYPE_CHECKING:
+    import datasets
+
+
+def _load(reference: str, split: str | None) -> tuple[str, datasets.DatasetDict]:
+    """The dataset behind ``reference`` as splits, and the name its rows' source gets."""
+    import datasets  # heavy: imported only when a hub dataset is ingested
+
+    path = Path(reference).expanduser()
+    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+        loaded = datasets.load_from_disk(str(path))
+        name = f"local/{path.name}"
+    elif path.is_file() and path.suffix == ".parquet" or path.is_dir() and any(path.rglob("*.parquet")):
+        files = [str(path)] if path.is_file() else sorted(str(file) for file in path.rglob("*.parquet"))
+        loaded = datasets.load_dataset("parquet", data_files={"train": files})
+        name = f"local/{path.stem}"
+    elif path.exists():
+        raise SourceError(f"{path} is neither a save_to_disk folder nor parquet files")
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", reference):
+        loaded = datasets.load_dataset(reference)  # the user named a hub repo: the one network access
+        name = reference
+    else:
+        raise SourceError(f"{reference} does not exist and is not a hub repo name (owner/name)")
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({split or "train": loaded})
+    if split is not None:
+        if split not in loaded:
+            raise SourceError(f"{reference} has no split {split!r}; it has {', '.join(loaded)}")
+        loaded = datasets.DatasetDict({split: loaded[split]})
+    return name, loaded
+
+
+class HubDataset(Source):
+    """Rows of a Hugging Face dataset, each image decoded by fercurate in parallel."""
+
+    name = "hub"
+
+    def __init__(self, path: str | Path, split: str | None = None, image_column: str | None = None,
+                 label_column: str | None = None, label_map: str | Mapping[str, str] | None = None) -> None:
+        import datasets
+
+        self.path = Path(path)
+        self.repo, self.splits = _load(str(path), split)
+        self.label_map = parse_label_map(label_map)
+        features = next(iter(self.splits.values())).features
+        self.image_column = image_column or next(
+            (column for column, feature in features.items() if isinstance(feature, datasets.Image)), None)
+        self.label_column = label_column or next(
+            (column for column, feature in features.items() if isinstance(feature, datasets.ClassLabel)), None)
+        for role, column in (("image", self.image_column), ("label", self.label_column)):
+            if column is None or column not in features:
+                raise SourceError(f"{path} has no {role} column (columns: {', '.join(features)}); "
+                                  f"name it with --{role}-column")
+        label_feature = features[self.label_column]
+        self.class_names = label_feature.names if isinstance(label_feature, datasets.ClassLabel) else None
+
+    def options(self) -> dict[str, Any]:
+        return {"splits": list(self.splits), "image_column": self.image_column,
+                "label_column": self.label_column, "label_map": self.label_map}
+
+    def size_hint(self) -> int | None:
+        return sum(len(split) for split in self.splits.values())
+
+    def __iter__(self) -> Iterator[Item]:
+        import datasets
+
+        for split_name, split in self.splits.items():
+            rows = split.cast_column(self.image_column, datasets.Image(decode=False))
+            for index, row in enumerate(rows):
+                location = f"{split_name}[{index}]"
+                native = row[self.label_column]
+                native_text = self.class_names[native] if self.class_names and isinstance(native, int) else str(native)
+                label = canonical_label(native_text, self.label_map)
+                if label is None:
+                    yield Skip(location, "unknown class",
+                               f"{native_text!r} is not an emotion; pass a label map such as {native_text}=anger")
+                    continue
+                image = row[self.image_column] or {}
+                yield Face(
+                    fields={
+                        "id": f"hub:{self.repo}/{split_name}/{index:06d}",
+                        "source": f"hub:{self.repo}",
+                        "source_split": split_name,
+                        "origin": location,
+                        "label": label,
+                        "native_label": native_text,
+                    },
+                    image=lambda image=image: decode_image(image.get("bytes") or Path(image["path"]).read_bytes()),
+                )

@@ -1,0 +1,364 @@
+"""The workspace: one folder holding the manifest of faces and the images it points to.
+
+Layout::
+
+    manifest.parquet      one row per face, in the unified schema, sorted by id
+    skips.parquet         everything an ingest could not use, with its reason
+    history.jsonl         one line per ingest run: what, from where, with which options, counts
+    images/ab/<sha1>.png  content-addressed images (sha1 of the decoded pixels)
+    .lock                 held by the process that is writing
+
+Merge rule: a row's ``id`` is its identity. Ingesting a row whose id is already present
+replaces that row (so re-ingesting adds nothing and a corrected source wins); rows with new ids
+are added; rows of other sources are left alone. A :class:`~fercurate.sources.base.Relabel`
+updates only the columns it names. Skips are replaced per (source, input) on each run.
+
+Writes are atomic: images are written to a temporary name and renamed into place, and the
+manifest is replaced in one rename only after every image of the run is on disk. A killed
+ingest therefore leaves the previous manifest intact, and re-running it completes the work
+(images already present are not written again).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fercurate.schema import (
+    COLUMNS,
+    ROW_DEFAULTS,
+    ROW_SCHEMA,
+    SKIP_SCHEMA,
+    SOURCE_LABEL_MAPS,
+    canonical_label,
+    image_relpath,
+    validate_table,
+)
+from fercurate.sources.base import Face, Item, Relabel, Skip, Source, UnreadableImage
+
+WORKSPACE_ENV = "FERCURATE_WORKSPACE"
+DEFAULT_WORKSPACE = "fercurate-workspace"
+_BATCH = 256  # faces handed to one worker at a time
+_IN_FLIGHT = 8  # batches queued ahead of the reader, bounding memory
+_SMALL_IMAGE_BYTES = 3072  # a 48x48 face: stored uncompressed, it still fits one 4 KiB block
+
+Stored = tuple[str, tuple[int, int, int]] | Skip  # (sha1, (height, width, channels)) or why not
+
+
+class WorkspaceLocked(RuntimeError):
+    """Another process is writing to the workspace."""
+
+
+def default_workspace() -> Path:
+    """The workspace used when none is given: ``$FERCURATE_WORKSPACE``, else ./fercurate-workspace."""
+    return Path(os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE)
+
+
+@dataclass
+class IngestReport:
+    """What one ingest run did."""
+
+    source: str
+    input: str
+    rows_added: int = 0
+    rows_replaced: int = 0
+    rows_relabelled: int = 0
+    images_written: int = 0
+    skips: list[Skip] = field(default_factory=list)
+    rows: pa.Table | None = None  # the rows this run produced or relabelled
+    seconds: float = 0.0
+
+    @property
+    def skip_reasons(self) -> Counter[str]:
+        """How many items were skipped, per reason."""
+        return Counter(skip.reason for skip in self.skips)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (the rows themselves are counted, not listed)."""
+        return {
+            "source": self.source,
+            "input": self.input,
+            "rows_added": self.rows_added,
+            "rows_replaced": self.rows_replaced,
+            "rows_relabelled": self.rows_relabelled,
+            "images_written": self.images_written,
+            "skipped": len(self.skips),
+            "skip_reasons": dict(self.skip_reasons),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def pixel_sha1(pixels: np.ndarray) -> str:
+    """SHA-1 of decoded pixels and their shape: the same face gives the same hash whatever
+    container (JPEG, PNG, CSV) it came in."""
+    digest = hashlib.sha1(f"{'x'.join(map(str, pixels.shape))}|".encode())
+    digest.update(np.ascontiguousarray(pixels).data)
+    return digest.hexdigest()
+
+
+class Workspace:
+    """A folder of faces in the unified schema. See the module docstring for layout and rules."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_workspace()
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.parquet"
+
+    @property
+    def skips_path(self) -> Path:
+        return self.root / "skips.parquet"
+
+    @property
+    def history_path(self) -> Path:
+        return self.root / "history.jsonl"
+
+    # reading
+
+    def manifest(self) -> pa.Table:
+        """All rows (an empty table with the row schema when nothing was ingested yet)."""
+        if not self.manifest_path.exists():
+            return ROW_SCHEMA.empty_table()
+        return pq.read_table(self.manifest_path, schema=ROW_SCHEMA)
+
+    def skips(self) -> pa.Table:
+        """Every skip recorded by the latest run of each (source, input)."""
+        if not self.skips_path.exists():
+            return SKIP_SCHEMA.empty_table()
+        return pq.read_table(self.skips_path, schema=SKIP_SCHEMA)
+
+    def history(self) -> list[dict[str, Any]]:
+        """One record per completed ingest run, oldest first."""
+        if not self.history_path.exists():
+            return []
+        return [json.loads(line) for line in self.history_path.read_text().splitlines() if line]
+
+    def image_path(self, row_filepath: str) -> Path:
+        """Absolute path of a row's image."""
+        return self.root / row_filepath
+
+    # writing
+
+    @contextmanager
+    def lock(self, timeout: float = 600.0) -> Iterator[None]:
+        """Hold the workspace's write lock; wait up to ``timeout`` seconds for another writer."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as handle:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as error:
+                    if error.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise WorkspaceLocked(
+                            f"{self.root} is being written by another fercurate process; "
+                            "wait for it to finish or use another --workspace"
+                        ) from None
+                    time.sleep(0.1)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def ingest(
+        self,
+        source: Source,
+        progress: Callable[[int], None] | None = None,
+        workers: int | None = None,
+    ) -> IngestReport:
+        """Read every item of ``source`` into the workspace and commit it atomically.
+
+        ``progress`` is called with the number of items handled since its last call.
+        """
+        started = time.perf_counter()
+        report = IngestReport(source=source.name, input=str(source.path))
+        with self.lock():
+            faces, relabels = self._store_faces(source, report, progress, workers)
+            existing = self.manifest()
+            relabelled = self._apply_relabels(existing, relabels, report)
+            incoming = pa.concat_tables([faces, relabelled])
+            existing_ids = existing["id"]
+            report.rows_replaced = pc.sum(pc.is_in(faces["id"], existing_ids)).as_py() or 0
+            report.rows_added = faces.num_rows - report.rows_replaced
+            report.rows_relabelled = relabelled.num_rows
+            report.rows = incoming
+            kept = existing.filter(pc.invert(pc.is_in(existing_ids, incoming["id"])))
+            merged = pa.concat_tables([kept, incoming]).sort_by("id")
+            validate_table(merged)
+            self._commit_skips(report)
+            _atomic_write_parquet(merged, self.manifest_path)
+            report.seconds = time.perf_counter() - started
+            with open(self.history_path, "a") as history:
+                record = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                          "options": source.options(), **report.to_dict()}
+                history.write(json.dumps(record) + "\n")
+        return report
+
+    def _store_faces(
+        self,
+        source: Source,
+        report: IngestReport,
+        progress: Callable[[int], None] | None,
+        workers: int | None,
+    ) -> tuple[pa.Table, list[Relabel]]:
+        columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+        relabels: list[Relabel] = []
+        seen_ids: set[str] = set()
+        pending: list[tuple[list[Face], Future[tuple[list[Stored], int]]]] = []
+
+        def collect(batch: list[Face], future: Future[tuple[list[Stored], int]]) -> None:
+            stored_images, written = future.result()
+            report.images_written += written
+            for face, stored in zip(batch, stored_images):
+                if isinstance(stored, Skip):
+                    report.skips.append(stored)
+                    continue
+                sha1, (height, width, channels) = stored
+                row = {**ROW_DEFAULTS, **face.fields, "sha1": sha1, "filepath": image_relpath(sha1),
+                       "width": width, "height": height, "channels": channels}
+                for name in COLUMNS:
+                    columns[name].append(row.get(name))
+            if progress is not None:
+                progress(len(batch))
+
+        items = iter(source)
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            while chunk := list(islice(items, _BATCH)):
+                batch: list[Face] = []
+                for item in chunk:
+                    if isinstance(item, Face):
+                        if item.fields["id"] in seen_ids:
+                            report.skips.append(Skip(item.fields["origin"], "duplicate id",
+                                                     f"{item.fields['id']} appears more than once"))
+                            continue
+                        seen_ids.add(item.fields["id"])
+                        batch.append(item)
+                    elif isinstance(item, Skip):
+                        report.skips.append(item)
+                    else:
+                        relabels.append(item)
+                if progress is not None:
+                    progress(len(chunk) - len(batch))
+                pending.append((batch, pool.submit(self._write_images, batch)))
+                while len(pending) >= _IN_FLIGHT:
+                    collect(*pending.pop(0))
+            for batch, future in pending:
+                collect(batch, future)
+        return pa.Table.from_pydict(columns, schema=ROW_SCHEMA), relabels
+
+    def _write_images(self, faces: list[Face]) -> tuple[list[Stored], int]:
+        """Decode (if deferred), hash and store each face's image; runs in a worker thread.
+        Returns what was stored for each face and how many new image files were written."""
+        results: list[Stored] = []
+        written = 0
+        root = str(self.root)
+        for face in faces:
+            try:
+                pixels = face.image() if callable(face.image) else face.image
+            except UnreadableImage as error:
+                results.append(Skip(face.fields["origin"], "unreadable image", str(error)))
+                continue
+            sha1 = pixel_sha1(pixels)
+            target = os.path.join(root, image_relpath(sha1))
+            if not os.path.exists(target):
+                _atomic_write_png(pixels, target)
+                written += 1
+            height, width = pixels.shape[:2]
+            results.append((sha1, (height, width, 1 if pixels.ndim == 2 else pixels.shape[2])))
+        return results, written
+
+    def _apply_relabels(self, existing: pa.Table, relabels: list[Relabel], report: IngestReport) -> pa.Table:
+        if not relabels:
+            return ROW_SCHEMA.empty_table()
+        by_id = {relabel.id: relabel for relabel in relabels}
+        matched = existing.filter(pc.is_in(existing["id"], pa.array(list(by_id), pa.string())))
+        rows = matched.to_pylist()
+        for row in rows:
+            relabel = by_id.pop(row["id"])
+            row.update(relabel.fields)
+            original = canonical_label(row["native_label"], SOURCE_LABEL_MAPS.get(row["source"]))
+            if relabel.restore_original_label and original is not None:
+                row.update(label=original, label_source="original")
+        for missing in by_id.values():
+            report.skips.append(Skip(missing.location, "no matching row",
+                                     f"{missing.id} is not in the workspace; ingest its images first"))
+        return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+
+    def _commit_skips(self, report: IngestReport) -> None:
+        previous = self.skips()
+        same_run = pc.and_(pc.equal(previous["source"], report.source), pc.equal(previous["input"], report.input))
+        new = pa.Table.from_pydict(
+            {
+                "source": [report.source] * len(report.skips),
+                "input": [report.input] * len(report.skips),
+                "location": [skip.location for skip in report.skips],
+                "reason": [skip.reason for skip in report.skips],
+                "detail": [skip.detail for skip in report.skips],
+            },
+            schema=SKIP_SCHEMA,
+        )
+        _atomic_write_parquet(pa.concat_tables([previous.filter(pc.invert(same_run)), new]), self.skips_path)
+
+    def counts(self, by: Iterable[str] = ("source", "source_split", "label")) -> pa.Table:
+        """Row counts grouped by the given columns."""
+        keys = list(by)
+        return self.manifest().group_by(keys).aggregate([("id", "count")]).rename_columns([*keys, "rows"]).sort_by(
+            [(key, "ascending") for key in keys])
+
+
+def _atomic_write_parquet(table: pa.Table, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(descriptor)
+    try:
+        pq.write_table(table, temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_png(pixels: np.ndarray, target: str) -> None:
+    """Write pixels as PNG under a temporary name, then rename into place. Images that fit one
+    filesystem block either way are stored uncompressed, which is twice as fast to write."""
+    bgr = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    level = 0 if pixels.size <= _SMALL_IMAGE_BYTES else 3
+    ok, encoded = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, level])
+    if not ok:
+        raise OSError(f"could not encode {target} as PNG")
+    temporary = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(encoded.data)
+        os.replace(temporary, target)
+    except FileNotFoundError:  # first image of its prefix folder
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        _atomic_write_png(pixels, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
