@@ -1,0 +1,175 @@
+"""The ``fercurate`` command line: parses arguments, calls the library, renders the results.
+
+Heavy modules are imported inside the commands that need them, so ``fercurate --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from fercurate.workspace import IngestReport, Workspace
+
+app = typer.Typer(
+    help="Curate facial-expression-recognition datasets: ingest, audit, rebalance, export, benchmark.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+WorkspaceOption = Annotated[
+    Optional[Path],
+    typer.Option("--workspace", "-w", help="Workspace folder [default: $FERCURATE_WORKSPACE or ./fercurate-workspace]"),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+
+SOURCE_HELP = """Source format: demo (the embedded demo faces, the default), fer2013 (fer2013.csv or the
+image-folder release, folder or .tar.gz), ferplus (fer2013new.csv or FER+'s data folder, joined onto
+ingested fer2013.csv rows), ckplus (the original distribution or CK+48), jaffe, imagefolder, hub."""
+
+
+@app.callback()
+def main() -> None:
+    """fercurate: curate FER datasets into one trustworthy, balanced, documented dataset."""
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help=SOURCE_HELP)] = "demo",
+    path: Annotated[Optional[str], typer.Argument(help="The dataset as downloaded (file, folder or archive; "
+                                                      "for hub: a save_to_disk folder, parquet or owner/name).")] = None,
+    workspace: WorkspaceOption = None,
+    frames: Annotated[Optional[str], typer.Option(help="ckplus: apex, last:N, onset-apex or all.")] = None,
+    label_mode: Annotated[Optional[str], typer.Option(
+        help="ferplus: original, majority or strict-majority.")] = None,
+    label_map: Annotated[Optional[str], typer.Option(
+        help="imagefolder/hub: NATIVE=EMOTION pairs, comma-separated (e.g. happy=happiness).")] = None,
+    collection: Annotated[Optional[str], typer.Option(help="imagefolder: collection name used in ids.")] = None,
+    ratings: Annotated[Optional[Path], typer.Option(help="jaffe: the semantic-ratings file.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="hub: only this split.")] = None,
+    image_column: Annotated[Optional[str], typer.Option(help="hub: the image column.")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="hub: the label column.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Bring a dataset into the workspace in the unified schema (re-running adds nothing new)."""
+    from fercurate.sources import SourceError, open_source
+    from fercurate.workspace import Workspace, WorkspaceLocked
+
+    space = Workspace(workspace)
+    options = {"frames": frames, "label_mode": label_mode, "label_map": label_map, "collection": collection,
+               "ratings": ratings, "split": split, "image_column": image_column, "label_column": label_column}
+    try:
+        if source == "demo":
+            from fercurate.sources.demo import open_demo
+
+            reader = open_demo(Path(path) if path else space.root / "demo-data")
+        elif path is None:
+            raise SourceError(f"give the path of the {source} download: fercurate ingest {source} PATH")
+        else:
+            reader = open_source(source, path, **options)
+        report = _ingest_with_progress(space, reader, quiet=as_json)
+    except (SourceError, WorkspaceLocked) as error:
+        errors.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps({**report.to_dict(), "workspace": str(space.root),
+                          "rows_by_split_and_label": _nested_counts(report.rows),
+                          "skips": [{"location": s.location, "reason": s.reason, "detail": s.detail}
+                                    for s in report.skips]}, indent=2))
+        return
+    _render_report(space, report)
+
+
+def _ingest_with_progress(space: Workspace, reader: object, quiet: bool) -> IngestReport:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from fercurate.sources import Source
+
+    assert isinstance(reader, Source)
+    if quiet:
+        return space.ingest(reader)
+    with Progress(TextColumn("[bold]ingest {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=errors, transient=True) as progress:
+        task = progress.add_task(reader.name, total=reader.size_hint())
+        return space.ingest(reader, progress=lambda n: progress.advance(task, n))
+
+
+def _nested_counts(rows: pa.Table | None) -> dict[str, dict[str, int]]:
+    """{split: {label: rows}} for a table of rows."""
+    counts: dict[str, dict[str, int]] = {}
+    if rows is None or rows.num_rows == 0:
+        return counts
+    grouped = rows.group_by(["source_split", "label"]).aggregate([("id", "count")]).to_pylist()
+    for entry in grouped:
+        counts.setdefault(entry["source_split"] or "-", {})[entry["label"]] = entry["id_count"]
+    return counts
+
+
+def _render_report(space: Workspace, report: IngestReport) -> None:
+    from fercurate.schema import CANONICAL_LABELS
+
+    done = Table(title=f"ingest {report.source}: {report.input}", title_justify="left")
+    for column in ("added", "replaced", "relabelled", "images written", "skipped", "seconds"):
+        done.add_column(column, justify="right")
+    done.add_row(*(str(value) for value in (report.rows_added, report.rows_replaced, report.rows_relabelled,
+                                             report.images_written, len(report.skips), f"{report.seconds:.2f}")))
+    console.print(done)
+
+    counts = _nested_counts(report.rows)
+    if counts:
+        splits = sorted(counts)
+        by_label = Table(title="rows of this run by label and split", title_justify="left")
+        for column in ("label", *splits, "total"):
+            by_label.add_column(column, justify="left" if column == "label" else "right")
+        for label in CANONICAL_LABELS:
+            row = [counts[split_name].get(label, 0) for split_name in splits]
+            if any(row):
+                by_label.add_row(label, *map(str, row), str(sum(row)))
+        by_label.add_row("total", *(str(sum(counts[split_name].values())) for split_name in splits),
+                         str(report.rows.num_rows if report.rows is not None else 0), style="bold")
+        console.print(by_label)
+        flags = report.flag_counts
+        if flags:
+            flagged = Table(title="flags set by this run", title_justify="left")
+            flagged.add_column("flag")
+            flagged.add_column("rows", justify="right")
+            for flag, count in flags.most_common():
+                flagged.add_row(flag, str(count))
+            console.print(flagged)
+
+    if report.skips:
+        skipped = Table(title="skipped (kept in the workspace's skips.parquet)", title_justify="left")
+        for column in ("reason", "count", "first at", "detail"):
+            skipped.add_column(column)
+        first = {}
+        for skip in report.skips:
+            first.setdefault(skip.reason, skip)
+        for reason, count in report.skip_reasons.most_common():
+            skipped.add_row(reason, str(count), first[reason].location, first[reason].detail)
+        console.print(skipped)
+
+    totals = Table(title=f"workspace {space.root}", title_justify="left")
+    for column in ("source", "split", "rows"):
+        totals.add_column(column, justify="right" if column == "rows" else "left")
+    for entry in space.counts(by=("source", "source_split")).to_pylist():
+        totals.add_row(entry["source"], entry["source_split"] or "-", str(entry["rows"]))
+    console.print(totals)
+
+
+def run() -> None:
+    """Entry point that turns a broken pipe (e.g. ``| head``) into a quiet exit."""
+    try:
+        app()
+    except BrokenPipeError:
+        sys.exit(0)

@@ -1,0 +1,46 @@
+"""fercurate: curate facial-expression-recognition datasets.
+
+Everything the command line does is importable from here::
+
+    from fercurate import Workspace, open_source
+    report = Workspace("ws").ingest(open_source("fer2013", "fer2013.csv"))
+
+Names are loaded on first use, so importing fercurate stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "CANONICAL_LABELS": "fercurate.schema",
+    "ROW_SCHEMA": "fercurate.schema",
+    "SOURCE_LABEL_MAPS": "fercurate.schema",
+    "SchemaError": "fercurate.schema",
+    "canonical_label": "fercurate.schema",
+    "validate_table": "fercurate.schema",
+    "SOURCES": "fercurate.sources",
+    "Source": "fercurate.sources",
+    "SourceError": "fercurate.sources",
+    "open_source": "fercurate.sources",
+    "FramePolicy": "fercurate.sources",
+    "open_demo": "fercurate.sources.demo",
+    "draw_demo_faces": "fercurate.sources.demo",
+    "write_demo_csv": "fercurate.sources.demo",
+    "Workspace": "fercurate.workspace",
+    "WorkspaceLocked": "fercurate.workspace",
+    "IngestReport": "fercurate.workspace",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fercurate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -94,6 +94,13 @@ class IngestReport:
         """How many items were skipped, per reason."""
         return Counter(skip.reason for skip in self.skips)
 
+    @property
+    def flag_counts(self) -> Counter[str]:
+        """How many of this run's rows carry each flag."""
+        if self.rows is None or self.rows.num_rows == 0:
+            return Counter()
+        return Counter(flag for flags in self.rows["flags"].to_pylist() if flags for flag in flags)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (the rows themselves are counted, not listed)."""
         return {
@@ -105,6 +112,7 @@ class IngestReport:
             "images_written": self.images_written,
             "skipped": len(self.skips),
             "skip_reasons": dict(self.skip_reasons),
+            "flags": dict(self.flag_counts),
             "seconds": round(self.seconds, 3),
         }
 

@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -82,7 +82,7 @@ class Source(ABC):
     once, raising :class:`SourceError`), then iterate it for :data:`Item` values."""
 
     #: The name used on the command line (``fercurate ingest NAME PATH``).
-    name: ClassVar[str]
+    name: str
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()

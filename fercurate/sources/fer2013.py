@@ -43,7 +43,7 @@ class Fer2013Csv(Source):
 
     def __init__(self, path: str | Path, dataset: str = "fer2013") -> None:
         super().__init__(path)
-        self.dataset = dataset
+        self.dataset = self.name = dataset
         if not self.path.is_file():
             raise SourceError(f"{self.path} is not a file: give fer2013.csv or the image-folder release")
         with open(self.path, "rb") as handle:

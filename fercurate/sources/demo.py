@@ -1,4 +1,4 @@
-"""A dataset-free demo: procedurally drawn cartoon faces, written as a ``fer2013.csv``.
+"""The embedded demo (source ``demo``): procedurally drawn cartoon faces, written as a ``fer2013.csv``.
 
 A newcomer without FER2013 (or any other dataset) still needs to see fercurate work end to end.
 This module draws small labelled gray faces (48x48 uint8, like FER2013), one simple expression
@@ -17,13 +17,13 @@ import csv
 import os
 import uuid
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import cv2
 import numpy as np
 
 from fercurate.schema import SOURCE_LABEL_MAPS
-from fercurate.sources.fer2013 import SIDE
+from fercurate.sources.fer2013 import SIDE, Fer2013Csv
 
 #: Canonical emotion -> FER2013 emotion code (anger 0, disgust 1, fear 2, happiness 3, sadness 4,
 #: surprise 5, neutral 6), taken from the one FER2013 label table in ``fercurate.schema``.
@@ -34,24 +34,26 @@ _CANVAS = SIDE * _SCALE
 _NOISE_SIGMA = 4.0  # gray levels of per-pixel Gaussian noise, after shrinking
 _CSV_HEADER = ("emotion", "pixels", "Usage")
 
+_Mouth = Literal["line", "tight", "smile", "frown", "o", "stretch", "sneer"]
+
 
 class _Expression(NamedTuple):
-    """How one emotion moves the face, in canvas pixels at head scale 1 (negative dy = up)."""
+    """How one emotion shapes the face, in canvas pixels at head scale 1 (negative dy = up)."""
 
-    brow_inner_dy: float  # inner brow ends; + lowers them (anger), - raises them (sadness, fear)
+    brow_inner_dy: float  # inner brow ends: + lowers them (anger), - raises them (sadness, fear)
     brow_outer_dy: float
-    eye_open: float  # half-height of the eye opening
-    mouth: str  # one of the shapes drawn by _draw_mouth
+    eye_open: float  # half-height of the eye opening; 0 draws closed, smiling eyes (upward arcs)
+    mouth: _Mouth
     nose_wrinkles: bool
 
 
 _EXPRESSIONS: dict[str, _Expression] = {
-    "anger": _Expression(14, -6, 5, "tight", False),
-    "disgust": _Expression(8, 5, 4, "sneer", True),
+    "anger": _Expression(20, -8, 4, "tight", False),
+    "disgust": _Expression(8, 6, 4, "sneer", True),
     "fear": _Expression(-16, -6, 12, "stretch", False),
-    "happiness": _Expression(-2, -2, 5, "smile", False),
-    "sadness": _Expression(-14, 6, 7, "frown", False),
-    "surprise": _Expression(-18, -18, 13, "o", False),
+    "happiness": _Expression(-4, -4, 0, "smile", False),
+    "sadness": _Expression(-16, 8, 7, "frown", False),
+    "surprise": _Expression(-20, -20, 13, "o", False),
     "neutral": _Expression(0, 0, 8, "line", False),
 }
 
@@ -61,54 +63,60 @@ def _pt(x: float, y: float) -> tuple[int, int]:
     return round(x), round(y)
 
 
-def _draw_mouth(canvas: np.ndarray, kind: str, cx: float, my: float, s: float, k: float, side: int,
+def _draw_mouth(canvas: np.ndarray, kind: _Mouth, cx: float, my: float, s: float, k: float, side: int,
                 ink: int) -> None:
     """Draw the mouth shape ``kind`` centred at (cx, my); ``k`` scales how strong it is and
     ``side`` (+1 or -1) picks which corner a one-sided sneer lifts."""
     w = 24 * s  # half-width of a relaxed mouth
-    thick = max(1, round(5 * s))
+    thick = round(10 * s)
     if kind == "line":
         cv2.line(canvas, _pt(cx - w, my), _pt(cx + w, my), ink, thick, cv2.LINE_AA)
-    elif kind == "tight":  # short, pressed, slightly down at the corners
-        cv2.line(canvas, _pt(cx - 0.7 * w, my + 3 * k), _pt(cx + 0.7 * w, my + 3 * k), ink, thick + 3, cv2.LINE_AA)
+    elif kind == "tight":  # short and pressed
+        y = my + 2 * s
+        cv2.line(canvas, _pt(cx - 0.65 * w, y), _pt(cx + 0.65 * w, y), ink, thick + 4, cv2.LINE_AA)
     elif kind == "smile":  # lower half of an ellipse: corners up
-        cv2.ellipse(canvas, _pt(cx, my - 12 * k), _pt(w + 4 * s, 18 * k), 0, 5, 175, ink, thick + 1, cv2.LINE_AA)
+        cv2.ellipse(canvas, _pt(cx, my - 14 * s * k), _pt(w + 8 * s, 22 * s * k), 0, 0, 180, ink, thick,
+                    cv2.LINE_AA)
     elif kind == "frown":  # upper half of an ellipse: corners down
-        cv2.ellipse(canvas, _pt(cx, my + 12 * k), _pt(w, 14 * k), 0, 185, 355, ink, thick + 1, cv2.LINE_AA)
+        cv2.ellipse(canvas, _pt(cx, my + 14 * s * k), _pt(w, 18 * s * k), 0, 180, 360, ink, thick, cv2.LINE_AA)
     elif kind == "o":  # open round mouth
         cv2.ellipse(canvas, _pt(cx, my + 4 * s), _pt(11 * s * k, 16 * s * k), 0, 0, 360, ink, -1, cv2.LINE_AA)
     elif kind == "stretch":  # wide open, pulled sideways
         cv2.ellipse(canvas, _pt(cx, my + 2 * s), _pt(w + 8 * s, 10 * s * k), 0, 0, 360, ink, -1, cv2.LINE_AA)
-    elif kind == "sneer":  # flat on one side, upper lip raised on the other
+    else:  # sneer: flat on one side, upper lip raised on the other
         corners = [(-w, 5), (-0.3 * w, 2), (0.3 * w, -3 * k), (0.7 * w, -15 * k), (w, -9 * k)]
-        points = np.array([_pt(cx + side * dx, my + dy) for dx, dy in corners], dtype=np.int32)
+        points = np.array([_pt(cx + side * dx, my + dy * s) for dx, dy in corners], dtype=np.int32)
         cv2.polylines(canvas, [points], False, ink, thick, cv2.LINE_AA)
-    else:
-        raise ValueError(f"unknown mouth shape {kind!r}")
 
 
 def _draw_face(canvas: np.ndarray, expression: _Expression, cx: float, cy: float, s: float, skin: int, ink: int,
                k: float, side: int) -> None:
-    """Draw one face on ``canvas`` (already filled with the background gray)."""
+    """Draw one face centred at (cx, cy), scaled by ``s``, on ``canvas`` (already the background
+    gray); ``k``, the expression's strength, scales how far brows and mouth move."""
     cv2.ellipse(canvas, _pt(cx, cy), _pt(66 * s, 82 * s), 0, 0, 360, skin, -1, cv2.LINE_AA)
     eye_y, brow_y, mouth_y = cy - 14 * s, cy - 36 * s, cy + 44 * s
     sclera = min(255, skin + 45)
+    line = round(3 * s)  # thin strokes: nose, wrinkles
     for sign in (-1, 1):  # left, then right half of the face
         eye_x = cx + sign * 26 * s
-        opening = expression.eye_open * s
-        cv2.ellipse(canvas, _pt(eye_x, eye_y), _pt(13 * s, opening), 0, 0, 360, sclera, -1, cv2.LINE_AA)
-        cv2.ellipse(canvas, _pt(eye_x, eye_y), _pt(6 * s, min(6 * s, opening)), 0, 0, 360, ink, -1, cv2.LINE_AA)
+        if expression.eye_open:  # white with a dark pupil, the pupil cut by narrow lids
+            opening = expression.eye_open * s
+            cv2.ellipse(canvas, _pt(eye_x, eye_y), _pt(13 * s, opening), 0, 0, 360, sclera, -1, cv2.LINE_AA)
+            cv2.ellipse(canvas, _pt(eye_x, eye_y), _pt(6 * s, min(6 * s, opening)), 0, 0, 360, ink, -1,
+                        cv2.LINE_AA)
+        else:  # closed in a smile: the upper half of an ellipse
+            cv2.ellipse(canvas, _pt(eye_x, eye_y + 4 * s), _pt(12 * s, 9 * s), 0, 180, 360, ink, round(6 * s),
+                        cv2.LINE_AA)
         inner = _pt(cx + sign * 10 * s, brow_y + expression.brow_inner_dy * s * k)
         outer = _pt(cx + sign * 42 * s, brow_y + expression.brow_outer_dy * s * k)
-        cv2.line(canvas, inner, outer, ink, max(1, round(6 * s)), cv2.LINE_AA)
+        cv2.line(canvas, inner, outer, ink, round(9 * s), cv2.LINE_AA)
     nose = max(0, skin - 55)
-    cv2.line(canvas, _pt(cx, cy - 4 * s), _pt(cx - 5 * s, cy + 18 * s), nose, max(1, round(3 * s)), cv2.LINE_AA)
-    cv2.line(canvas, _pt(cx - 5 * s, cy + 18 * s), _pt(cx + 5 * s, cy + 19 * s), nose, max(1, round(3 * s)),
-             cv2.LINE_AA)
+    cv2.line(canvas, _pt(cx, cy - 4 * s), _pt(cx - 5 * s, cy + 18 * s), nose, line, cv2.LINE_AA)
+    cv2.line(canvas, _pt(cx - 5 * s, cy + 18 * s), _pt(cx + 5 * s, cy + 19 * s), nose, line, cv2.LINE_AA)
     if expression.nose_wrinkles:  # creases slanting down either side of the bridge of the nose
         for sign in (-1, 1):
-            cv2.line(canvas, _pt(cx + sign * 5 * s, cy - 6 * s), _pt(cx + sign * 15 * s, cy + 4 * s), ink,
-                     max(1, round(3 * s)), cv2.LINE_AA)
+            cv2.line(canvas, _pt(cx + sign * 5 * s, cy - 6 * s), _pt(cx + sign * 15 * s, cy + 4 * s), ink, line,
+                     cv2.LINE_AA)
     _draw_mouth(canvas, expression.mouth, cx, mouth_y, s, k, side, ink)
 
 
@@ -126,10 +134,12 @@ def draw_demo_faces(per_class: int = 40, seed: int = 0) -> tuple[np.ndarray, np.
     n = codes.size
     rng = np.random.default_rng(seed)
     # Every random choice is drawn up front, as whole arrays, so a face depends only on the seed.
-    shift = rng.uniform(-3, 3, size=(n, 2)) * _SCALE  # a few output pixels of head jitter
-    scale = rng.uniform(0.98, 1.12, size=n)
-    background = rng.integers(40, 111, size=n)
-    skin = rng.integers(150, 216, size=n)
+    # Head centre: a little below the canvas centre, leaving room for raised brows, then moved
+    # by up to 2 output pixels either way.
+    centre = _CANVAS / 2 + np.array([0, 4]) + rng.uniform(-2, 2, size=(n, 2)) * _SCALE
+    scale = rng.uniform(1.0, 1.1, size=n)
+    background = rng.integers(50, 101, size=n)
+    skin = rng.integers(155, 206, size=n)
     ink = rng.integers(15, 61, size=n)
     strength = rng.uniform(0.8, 1.2, size=n)
     side = rng.choice([-1, 1], size=n)
@@ -138,11 +148,12 @@ def draw_demo_faces(per_class: int = 40, seed: int = 0) -> tuple[np.ndarray, np.
 
     faces = np.empty((n, SIDE, SIDE), dtype=np.float64)
     canvas = np.empty((_CANVAS, _CANVAS), dtype=np.uint8)
-    for i, code in enumerate(codes.tolist()):
-        canvas.fill(int(background[i]))
-        _draw_face(canvas, expression_of_code[code], _CANVAS / 2 + shift[i, 0], _CANVAS / 2 + 4 + shift[i, 1],
-                   float(scale[i]), int(skin[i]), int(ink[i]), float(strength[i]), int(side[i]))
-        blurred = cv2.GaussianBlur(canvas, (0, 0), float(blur_sigma[i]))
+    per_face = zip(codes.tolist(), centre.tolist(), scale.tolist(), background.tolist(), skin.tolist(),
+                   ink.tolist(), strength.tolist(), side.tolist(), blur_sigma.tolist())
+    for i, (code, (cx, cy), s, gray, tone, dark, k, corner, sigma) in enumerate(per_face):
+        canvas.fill(gray)
+        _draw_face(canvas, expression_of_code[code], cx, cy, s, tone, dark, k, corner)
+        blurred = cv2.GaussianBlur(canvas, (0, 0), sigma)
         faces[i] = cv2.resize(blurred, (SIDE, SIDE), interpolation=cv2.INTER_AREA)
     images = np.clip(np.rint(faces + noise), 0, 255).astype(np.uint8)
     return images, codes
@@ -186,3 +197,10 @@ def write_demo_csv(path: str | Path, per_class: int = 40, seed: int = 0, test_sh
         Path(temporary).unlink(missing_ok=True)
         raise
     return target
+
+
+def open_demo(folder: str | Path, per_class: int = 40, seed: int = 0) -> Fer2013Csv:
+    """Write the demo faces as ``folder/fer2013-demo.csv`` and return the real fer2013.csv reader
+    for it, naming its rows' source ``demo`` (so they never mix with real FER2013 ids)."""
+    path = write_demo_csv(Path(folder).expanduser() / "fer2013-demo.csv", per_class=per_class, seed=seed)
+    return Fer2013Csv(path, dataset="demo")

@@ -1,0 +1,41 @@
+"""Shared fixtures: fer2013.csv builders and the optional real data in ../shared/data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def face_pixels(seed: int) -> np.ndarray:
+    """A distinct 48x48 gray image per seed."""
+    return np.random.default_rng(seed).integers(0, 256, size=(48, 48), dtype=np.uint8)
+
+
+def fer2013_line(emotion: str, pixels: str, usage: str, columns: Sequence[str]) -> str:
+    values = {"emotion": emotion, "pixels": pixels, "usage": usage}
+    return ",".join(values[column.strip().lower()] for column in columns)
+
+
+def write_fer2013_csv(path: Path, rows: Sequence[tuple[str, str, str]],
+                      header: str = "emotion,pixels,Usage") -> Path:
+    """Write rows of (emotion, pixel string, usage) under either fer2013.csv header variant."""
+    columns = header.split(",")
+    path.write_text(header + "\n" + "".join(fer2013_line(*row, columns) + "\n" for row in rows))
+    return path
+
+
+def pixel_string(pixels: np.ndarray) -> str:
+    return " ".join(map(str, pixels.ravel().tolist()))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real datasets beside the project; tests using it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (only present on development machines)")
+    return SHARED_DATA

@@ -1,0 +1,108 @@
+"""The workspace: merge rules, idempotent re-ingest, atomic commits, and the write lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import face_pixels, pixel_string, write_fer2013_csv
+
+from fercurate import workspace as workspace_module
+from fercurate.sources import Fer2013Csv, open_source
+from fercurate.workspace import Workspace, WorkspaceLocked, pixel_sha1
+
+
+def csv_of(path: Path, seeds: range, usage: str = "Training") -> Path:
+    return write_fer2013_csv(path, [(str(seed % 7), pixel_string(face_pixels(seed)), usage) for seed in seeds])
+
+
+def test_two_sources_merge_and_identical_faces_share_one_file(tmp_path: Path) -> None:
+    space = Workspace(tmp_path / "ws")
+    space.ingest(open_source("fer2013", csv_of(tmp_path / "a.csv", range(3))))
+    demo = Fer2013Csv(csv_of(tmp_path / "b.csv", range(2, 5)), dataset="demo")
+    report = space.ingest(demo)
+    manifest = space.manifest()
+    assert manifest.num_rows == 6 and report.rows_added == 3
+    assert sorted(set(manifest["source"].to_pylist())) == ["demo", "fer2013"]
+    assert report.images_written == 2  # face 2 is in both files: stored once
+    assert len(list((space.root / "images").rglob("*.png"))) == 5
+
+
+def test_killed_commit_keeps_previous_manifest_and_rerun_completes(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    space = Workspace(tmp_path / "ws")
+    space.ingest(open_source("fer2013", csv_of(tmp_path / "a.csv", range(3))))
+    before = space.manifest_path.read_bytes()
+    bigger = csv_of(tmp_path / "b.csv", range(10), usage="PublicTest")
+    real_write = workspace_module._atomic_write_parquet
+
+    def killed_at_manifest(table: object, target: Path) -> None:
+        if target.name == "manifest.parquet":
+            raise KeyboardInterrupt  # the process dies just before the manifest rename
+        real_write(table, target)
+
+    monkeypatch.setattr(workspace_module, "_atomic_write_parquet", killed_at_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        space.ingest(open_source("fer2013", bigger))
+    assert space.manifest_path.read_bytes() == before
+    monkeypatch.setattr(workspace_module, "_atomic_write_parquet", real_write)
+    report = space.ingest(open_source("fer2013", bigger))
+    assert space.manifest().num_rows == 13
+    assert report.images_written == 0  # images of the killed run were complete and are reused
+
+
+def test_sigkill_mid_ingest_leaves_workspace_readable(tmp_path: Path) -> None:
+    space = Workspace(tmp_path / "ws")
+    space.ingest(open_source("fer2013", csv_of(tmp_path / "a.csv", range(3))))
+    bigger = csv_of(tmp_path / "b.csv", range(600), usage="PrivateTest")
+    script = textwrap.dedent(f"""
+        import os, signal
+        from fercurate.sources import open_source
+        from fercurate.workspace import Workspace
+        source = open_source("fer2013", {str(bigger)!r})
+        read = type(source).__iter__
+        def dying():
+            for n, item in enumerate(read(source)):
+                if n == 400:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                yield item
+        source.__class__ = type("Dying", (type(source),), {{"__iter__": lambda self: dying()}})
+        Workspace({str(space.root)!r}).ingest(source)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert result.returncode == -9
+    assert space.manifest().num_rows == 3
+    report = space.ingest(open_source("fer2013", bigger))
+    assert space.manifest().num_rows == 603 and report.rows_added == 600
+
+
+def test_concurrent_writers_do_not_lose_rows(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    paths = [csv_of(tmp_path / f"{usage}.csv", range(start, start + 300), usage)
+             for start, usage in ((0, "Training"), (1000, "PublicTest"), (2000, "PrivateTest"))]
+    script = ("import sys\nfrom fercurate.sources import open_source\nfrom fercurate.workspace import Workspace\n"
+              "Workspace(sys.argv[1]).ingest(open_source('fer2013', sys.argv[2]))")
+    processes = [subprocess.Popen([sys.executable, "-c", script, str(root), str(path)]) for path in paths]
+    assert [process.wait(timeout=120) for process in processes] == [0, 0, 0]
+    manifest = Workspace(root).manifest()
+    assert manifest.num_rows == 900
+    assert sorted(set(manifest["source_split"].to_pylist())) == ["PrivateTest", "PublicTest", "Training"]
+    assert len(Workspace(root).history()) == 3
+
+
+def test_lock_times_out_with_a_clear_message(tmp_path: Path) -> None:
+    space = Workspace(tmp_path / "ws")
+    with space.lock():
+        with pytest.raises(WorkspaceLocked, match="another fercurate process"):
+            with Workspace(space.root).lock(timeout=0.2):
+                pass
+
+
+def test_pixel_sha1_depends_on_pixels_and_shape() -> None:
+    pixels = face_pixels(1)
+    assert pixel_sha1(pixels) == pixel_sha1(pixels.copy())
+    assert pixel_sha1(pixels) != pixel_sha1(pixels.reshape(24, 96))
+    assert len(pixel_sha1(pixels)) == 40
