@@ -171,3 +171,16 @@ def test_real_first_300_rows(shared_data: Path, tmp_path: Path) -> None:
         expected = np.array(handle.readline().split(",")[1].split(), dtype=np.uint8).reshape(48, 48)
     np.testing.assert_array_equal(cv2.imread(str(workspace.image_path(first["filepath"])), cv2.IMREAD_UNCHANGED),
                                   expected)
+
+
+def test_real_image_folder_release(shared_data: Path, tmp_path: Path) -> None:
+    release = shared_data / "fer2013" / "fer2013-images.tar.gz"
+    workspace, report = ingest(release, tmp_path)
+    manifest = workspace.manifest()
+    assert manifest.num_rows == 35_887 and report.skips == []
+    counts = {(row["source_split"], row["native_label"]): row["rows"] for row in
+              workspace.counts(by=("source_split", "native_label")).to_pylist()}
+    train = [counts[("Training", name)] for name in ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")]
+    assert train == [3995, 436, 4097, 7215, 4965, 4830, 3171]
+    assert sum(counts[("PublicTest", name)] for name in fer2013_module.FOLDER_LABELS) == 3589
+    assert sum(counts[("PrivateTest", name)] for name in fer2013_module.FOLDER_LABELS) == 3589

@@ -212,7 +212,7 @@ def open_ckplus(path: str | Path, frames: str = "apex") -> Source:
     path = Path(path).expanduser()
     if path.is_dir() and _find_folder(path, "cohn-kanade-images") is not None:
         return CkPlus(path, frames=frames)
-    if frames != "apex":
+    if frames != "apex" and path.exists():  # a missing path is reported as such by the reader
         raise SourceError("--frames applies to the original CK+ distribution; CK+48 holds fixed frames")
     return CkPlus48(path)
 

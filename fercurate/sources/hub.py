@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fercurate.schema import canonical_label
-from fercurate.sources.base import Face, Item, Skip, Source, SourceError, decode_image
+from fercurate.sources.base import Face, Item, Skip, Source, SourceError, UnreadableImage, decode_image
 from fercurate.sources.imagefolder import parse_label_map
 
 if TYPE_CHECKING:
     import datasets
+    import numpy as np
 
 
 def _load(reference: str, split: str | None) -> tuple[str, datasets.DatasetDict]:
@@ -48,6 +49,17 @@ def _load(reference: str, split: str | None) -> tuple[str, datasets.DatasetDict]
             raise SourceError(f"{reference} has no split {split!r}; it has {', '.join(loaded)}")
         loaded = datasets.DatasetDict({split: loaded[split]})
     return name, loaded
+
+
+def _decode(image: dict[str, Any]) -> np.ndarray:
+    """Pixels of an undecoded ``Image`` cell: its bytes, else the file its path names."""
+    data = image.get("bytes")
+    if not data:
+        try:
+            data = Path(image["path"]).read_bytes()
+        except OSError as error:
+            raise UnreadableImage(f"{image['path']}: {error.strerror or error}") from error
+    return decode_image(data)
 
 
 class HubDataset(Source):
@@ -89,13 +101,19 @@ class HubDataset(Source):
             for index, row in enumerate(rows):
                 location = f"{split_name}[{index}]"
                 native = row[self.label_column]
+                if native is None or self.class_names and isinstance(native, int) and native < 0:
+                    yield Skip(location, "missing label", "the row has no label (null, or ClassLabel -1)")
+                    continue
                 native_text = self.class_names[native] if self.class_names and isinstance(native, int) else str(native)
                 label = canonical_label(native_text, self.label_map)
                 if label is None:
                     yield Skip(location, "unknown class",
                                f"{native_text!r} is not an emotion; pass a label map such as {native_text}=anger")
                     continue
-                image = row[self.image_column] or {}
+                image = row[self.image_column]
+                if not image or not (image.get("bytes") or image.get("path")):
+                    yield Skip(location, "missing image", f"the {self.image_column!r} column is empty")
+                    continue
                 yield Face(
                     fields={
                         "id": f"hub:{self.repo}/{split_name}/{index:06d}",
@@ -105,5 +123,5 @@ class HubDataset(Source):
                         "label": label,
                         "native_label": native_text,
                     },
-                    image=lambda image=image: decode_image(image.get("bytes") or Path(image["path"]).read_bytes()),
+                    image=lambda image=image: _decode(image),
                 )

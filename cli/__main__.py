@@ -1,0 +1,5 @@
+"""``python -m fercurate_cli``: the same as the ``fercurate`` command."""
+
+from fercurate_cli.main import run
+
+run()

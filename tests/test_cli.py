@@ -1,0 +1,54 @@
+"""The command line: the demo by default, JSON output, clear errors, and a fast start."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from fercurate_cli.main import app
+
+runner = CliRunner()
+
+
+def test_ingest_without_arguments_ingests_the_demo(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", "--workspace", str(tmp_path / "ws")])
+    assert result.exit_code == 0, result.output
+    assert "rows of this run by label and split" in result.output
+    assert "demo" in result.output and "280" in result.output
+
+
+def test_json_output_is_machine_readable_and_rerun_adds_nothing(tmp_path: Path) -> None:
+    arguments = ["ingest", "demo", "--workspace", str(tmp_path / "ws"), "--json"]
+    first = json.loads(runner.invoke(app, arguments).stdout)
+    second = json.loads(runner.invoke(app, arguments).stdout)
+    assert first["rows_added"] == 280 and first["images_written"] == 280
+    assert (second["rows_added"], second["images_written"], second["rows_replaced"]) == (0, 0, 280)
+    assert first["rows_by_split_and_label"]["Training"]["happiness"] == 32
+    assert first["source"] == "demo" and first["skips"] == []
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["ingest", "jaffe", str(tmp_path / "nowhere"), "-w", str(tmp_path / "ws")])
+    assert missing.exit_code == 2
+    assert "does not exist" in missing.output and "Traceback" not in missing.output
+    no_path = runner.invoke(app, ["ingest", "ckplus", "-w", str(tmp_path / "ws")])
+    assert no_path.exit_code == 2 and "fercurate ingest ckplus PATH" in no_path.output
+    unknown = runner.invoke(app, ["ingest", "affectnet", str(tmp_path), "-w", str(tmp_path / "ws")])
+    assert unknown.exit_code == 2 and "unknown source 'affectnet'" in unknown.output
+
+
+def test_workspace_from_environment(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", "--json"], env={"FERCURATE_WORKSPACE": str(tmp_path / "env-ws")})
+    assert result.exit_code == 0
+    assert (tmp_path / "env-ws" / "manifest.parquet").is_file()
+
+
+def test_help_and_ingest_do_not_import_heavy_libraries() -> None:
+    probe = ("import sys; import fercurate_cli.main, fercurate.sources, fercurate.workspace; "
+             "print(sorted(m for m in ('torch', 'fiftyone', 'diffusers', 'datasets', 'pandas') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
