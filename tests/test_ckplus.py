@@ -304,7 +304,8 @@ def ck48(tmp_path: Path) -> Path:
     return root
 
 
-CK48_SKIPS = [("happy/thumbnail.png", "unrecognised file name"), ("smirk/S010_003_00000009.png", "unknown class folder")]
+CK48_SKIPS = [("happy/thumbnail.png", "unrecognised file name"),
+              ("smirk/S010_003_00000009.png", "unknown class folder")]
 
 
 def _check_ck48(rows: dict[str, dict], prefix: str) -> None:

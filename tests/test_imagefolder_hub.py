@@ -255,9 +255,9 @@ def test_hub_parquet(hf, tmp_path: Path) -> None:
 
 
 def test_hub_missing_labels_and_images(hf, tmp_path: Path) -> None:
-    """A ClassLabel of -1 (or None) means 'no label', not the last class; a row without an image
-    is skipped, not a crash."""
-    features = hf.Features({"image": hf.Image(), "label": hf.ClassLabel(names=CLASS_NAMES)})
+    """A ClassLabel of -1 (or None) means 'no label', not the last class ('angry' here); a row
+    without an image is skipped, not a crash."""
+    features = hf.Features({"image": hf.Image(), "label": hf.ClassLabel(names=["happy", "sad", "angry"])})
     pixels = [_pixels(50 + index) for index in range(4)]
     images = [Image.fromarray(pixels[0]), Image.fromarray(pixels[1]), None, Image.fromarray(pixels[3])]
     dataset = hf.Dataset.from_dict({"image": images, "label": [0, -1, 1, None]}, features=features)
@@ -296,3 +296,41 @@ def test_hub_named_columns(hf, tmp_path: Path) -> None:
                                                          "000002": ("fear", "fearful", "train")}
     np.testing.assert_array_equal(_stored(workspace, rows["hub:local/named/train/000002"]), pixels[2])
     assert _skips(workspace) == [("train[1]", "unknown class")]
+
+
+def test_hub_images_by_path(hf, tmp_path: Path) -> None:
+    """Image cells that hold only a path are read from that file; a missing file is an unreadable image."""
+    pixels = _pixels(70)
+    kept, gone = tmp_path / "kept.png", tmp_path / "gone.png"
+    Image.fromarray(pixels).save(kept)
+    Image.fromarray(_pixels(71)).save(gone)
+    features = hf.Features({"image": hf.Image(), "label": hf.ClassLabel(names=CLASS_NAMES)})
+    dataset = hf.Dataset.from_dict({"image": [str(kept), str(gone)], "label": [1, 2]}, features=features)
+    path = tmp_path / "by-path.parquet"
+    dataset.to_parquet(str(path))  # keeps the paths (save_to_disk would embed the bytes)
+    gone.unlink()
+    workspace, rows = _ingest(tmp_path, HubDataset(path))
+    assert _by_index(rows, "hub:local/by-path/train/") == {"000000": ("sadness", "sad", "train")}
+    np.testing.assert_array_equal(_stored(workspace, rows["hub:local/by-path/train/000000"]), pixels)
+    assert _skips(workspace) == [("train[1]", "unreadable image")]
+
+
+def test_hub_parquet_snapshot_splits(hf, tmp_path: Path) -> None:
+    """A hub snapshot's data/<split>-00000-of-00001.parquet files keep their splits (the test
+    split must not be read as train); the dataset card beside them is ignored."""
+    snapshot = tmp_path / "snap"
+    (snapshot / "data").mkdir(parents=True)
+    (snapshot / "README.md").write_text("---\nlicense: mit\n---\n# faces\n")
+    train, train_pixels = _split(hf, 5, [0, 1])
+    test, test_pixels = _split(hf, 6, [2, 3, 4])
+    train.to_parquet(str(snapshot / "data" / "train-00000-of-00001.parquet"))
+    test.to_parquet(str(snapshot / "data" / "test-00000-of-00001.parquet"))
+    source = HubDataset(snapshot)
+    assert source.options()["splits"] == ["train", "test"]
+    workspace, rows = _ingest(tmp_path, source)
+    assert _by_index(rows, "hub:local/snap/train/") == _expected("train", [0, 1])
+    assert _by_index(rows, "hub:local/snap/test/") == _expected("test", [2, 3, 4])
+    np.testing.assert_array_equal(_stored(workspace, rows["hub:local/snap/test/000001"]), test_pixels[1])
+    np.testing.assert_array_equal(_stored(workspace, rows["hub:local/snap/train/000000"]), train_pixels[0])
+    assert _skips(workspace) == [("test[2]", "unknown class")]
+    assert list(HubDataset(snapshot, split="test").splits) == ["test"]

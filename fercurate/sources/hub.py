@@ -32,8 +32,7 @@ def _load(reference: str, split: str | None) -> tuple[str, datasets.DatasetDict]
         loaded = datasets.load_from_disk(str(path))
         name = f"local/{path.name}"
     elif path.is_file() and path.suffix == ".parquet" or path.is_dir() and any(path.rglob("*.parquet")):
-        files = [str(path)] if path.is_file() else sorted(str(file) for file in path.rglob("*.parquet"))
-        loaded = datasets.load_dataset("parquet", data_files={"train": files})
+        loaded = datasets.load_dataset("parquet", data_files=_parquet_splits(path))
         name = f"local/{path.stem}"
     elif path.exists():
         raise SourceError(f"{path} is neither a save_to_disk folder nor parquet files")
@@ -49,6 +48,18 @@ def _load(reference: str, split: str | None) -> tuple[str, datasets.DatasetDict]
             raise SourceError(f"{reference} has no split {split!r}; it has {', '.join(loaded)}")
         loaded = datasets.DatasetDict({split: loaded[split]})
     return name, loaded
+
+
+def _parquet_splits(path: Path) -> dict[str, list[str]]:
+    """Parquet files per split: a single file is ``train``; a folder's files are split the way the
+    hub splits a repo (``data/test-00000-of-00001.parquet`` is ``test``), else all ``train``."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    if path.is_file():
+        return {"train": [str(path)]}
+    found = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path),
+                                        allowed_extensions=[".parquet"])
+    return {str(split): sorted(files) for split, files in found.items() if files}
 
 
 def _decode(image: dict[str, Any]) -> np.ndarray:
