@@ -17,6 +17,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from fercurate.audit.run import AuditOptions, AuditResult
     from fercurate.workspace import IngestReport, Workspace
 
 app = typer.Typer(
@@ -173,3 +174,102 @@ def run() -> None:
         app()
     except BrokenPipeError:
         sys.exit(0)
+
+
+@app.command()
+def audit(
+    workspace: WorkspaceOption = None,
+    label_noise: Annotated[bool, typer.Option(help="Find likely mislabelled images (k-fold + cleanlab).")] = True,
+    noise_model: Annotated[str, typer.Option(help="auto, hog-mlp or hog-logreg.")] = "auto",
+    folds: Annotated[int, typer.Option(help="Cross-validation folds for out-of-sample probabilities.")] = 5,
+    near_distance: Annotated[int, typer.Option(help="Max pHash Hamming distance of near duplicates (of 64).")] = 4,
+    faces: Annotated[bool, typer.Option(help="Run OpenCV's Haar face detector on every image.")] = True,
+    blank_std: Annotated[float, typer.Option(help="Pixel std below which an image is blank.")] = 2.0,
+    blur_variance: Annotated[float, typer.Option(help="Laplacian variance (48x48) below which it is blurry.")] = 100.0,
+    demographics: Annotated[Optional[Path], typer.Option(
+        help="Sidecar CSV joined by id: id plus gender, age_group, ethnicity.")] = None,
+    fiftyone: Annotated[bool, typer.Option("--fiftyone", help="Sync the workspace and findings into FiftyOne.")] = False,
+    app_: Annotated[bool, typer.Option("--app", help="Sync to FiftyOne and open the App (implies --fiftyone).")] = False,
+    address: Annotated[str, typer.Option(help="App address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="App port.")] = 5151,
+    seed: Annotated[int, typer.Option(help="Seed of folds and models.")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Find what is wrong with the data: balance, quality, duplicates and leakage, label noise."""
+    from fercurate.audit.quality import QualityThresholds
+    from fercurate.audit.run import AuditOptions
+    from fercurate.workspace import Workspace, WorkspaceLocked
+
+    space = Workspace(workspace)
+    try:
+        options = AuditOptions(thresholds=QualityThresholds(blank_std=blank_std, blur_variance=blur_variance),
+                               detect_faces=faces, near_duplicate_distance=near_distance, label_noise=label_noise,
+                               noise_model=noise_model, folds=folds, seed=seed, demographics=demographics)
+        result = _audit_with_progress(space, options, quiet=as_json)
+    except (ValueError, WorkspaceLocked) as error:
+        errors.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    if fiftyone or app_:
+        _sync_fiftyone(space, open_app=app_, address=address, port=port, quiet=as_json)
+    if as_json:
+        print(json.dumps({**result.summary, "report": str(result.directory / "report.md")}, indent=2, default=str))
+        return
+    _render_audit(result)
+
+
+def _audit_with_progress(space: Workspace, options: AuditOptions, quiet: bool) -> AuditResult:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+    from fercurate.audit.run import audit_workspace
+
+    if quiet:
+        return audit_workspace(space, options)
+    with Progress(TextColumn("[bold]audit {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=errors, transient=True) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def advance(step: str, amount: int, total: int | None) -> None:
+            if step not in tasks:
+                tasks[step] = progress.add_task(step, total=total)
+            progress.advance(tasks[step], amount)
+
+        return audit_workspace(space, options, progress=advance)
+
+
+def _render_audit(result: AuditResult) -> None:
+    summary = result.summary
+    balance = Table(title="class balance (rows per split; imbalance = largest / smallest class)", title_justify="left")
+    per_split = summary["balance"]["per_split"]
+    labels = list(next(iter(per_split.values())).keys()) if per_split else []
+    for column in ("split", *labels, "imbalance"):
+        balance.add_column(column, justify="left" if column == "split" else "right")
+    for split_name, counts in per_split.items():
+        ratio = summary["balance"]["imbalance_ratio"].get(split_name)
+        balance.add_row(split_name, *(str(counts[label]) for label in labels), f"{ratio:.1f}" if ratio else "-")
+    console.print(balance)
+
+    findings = Table(title="findings", title_justify="left")
+    findings.add_column("what")
+    findings.add_column("count", justify="right")
+    duplicates = summary["duplicates"]
+    rows = [
+        ("exact duplicate images", duplicates["exact_duplicate_images"]),
+        (f"near-duplicate groups (pHash <= {duplicates['max_distance']})", duplicates["near_groups"]),
+        ("duplicate groups across splits (leakage)", duplicates["groups_across_splits"]),
+        ("duplicate groups with conflicting labels", duplicates["groups_with_conflicting_labels"]),
+        *((name.replace("_", " "), count) for name, count in summary["quality"].items()),
+    ]
+    noise = summary["label_noise"]
+    if noise["ran"]:
+        rows.append((f"likely mislabelled (model accuracy {noise['cross_validated_accuracy']:.0%})", noise["flagged"]))
+    for name, count in rows:
+        findings.add_row(name, str(count))
+    console.print(findings)
+    for column, facts in summary["balance"]["demographics"].items():
+        known = [f"{value['rows']} {value[column]} ({value['source']})" for value in facts["values"]
+                 if value[column] != "unknown"]
+        console.print(f"{column}: {facts['unknown_share']:.0%} unknown" + (f"; {', '.join(known)}" if known else ""))
+    if noise["ran"] and noise.get("ferplus_check"):
+        console.print("FER+ check: " + ", ".join(f"{key} {value}" for key, value in noise["ferplus_check"].items()))
+    seconds = ", ".join(f"{step} {value:.1f}s" for step, value in result.seconds.items())
+    console.print(f"report: {result.directory / 'report.html' if result.directory else '-'}  ({seconds})")

@@ -176,8 +176,9 @@ def image_relpath(sha1: str) -> str:
 def validate_table(table: pa.Table) -> None:
     """Raise :class:`SchemaError` if any row of ``table`` breaks the schema's rules."""
     if table.schema != ROW_SCHEMA:
-        missing = set(COLUMNS) - set(table.column_names)
-        raise SchemaError(f"table does not have the row schema (missing columns: {sorted(missing)})")
+        differing = [field.name for field in ROW_SCHEMA
+                     if field.name not in table.column_names or table.schema.field(field.name) != field]
+        raise SchemaError(f"table does not have the row schema (columns missing or of another type: {differing})")
     ids = table["id"]
 
     def fail_where(mask: pa.ChunkedArray | pa.Array, rule: str) -> None:

@@ -216,16 +216,21 @@ class Workspace:
             report.rows_relabelled = relabelled.num_rows
             report.rows = incoming
             kept = existing.filter(pc.invert(pc.is_in(existing_ids, incoming["id"])))
-            merged = pa.concat_tables([kept, incoming]).sort_by("id")
-            validate_table(merged)
             self._commit_skips(report)
-            _atomic_write_parquet(merged, self.manifest_path)
+            self.write_manifest(pa.concat_tables([kept, incoming]))
             report.seconds = time.perf_counter() - started
             with open(self.history_path, "a") as history:
                 record = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                           "options": source.options(), **report.to_dict()}
                 history.write(json.dumps(record) + "\n")
         return report
+
+    def write_manifest(self, table: pa.Table) -> None:
+        """Validate ``table`` and make it the manifest in one atomic rename. The caller holds
+        :meth:`lock` (ingest and audit do)."""
+        table = table.sort_by("id")
+        validate_table(table)
+        _atomic_write_parquet(table, self.manifest_path)
 
     def _store_faces(
         self,

@@ -1,0 +1,94 @@
+"""Class, source, subject and demographic balance of a workspace.
+
+Demographics are reported as recorded: ``unknown`` is a value with its own count and share, and
+every value is broken down by where it came from (dataset metadata, a user sidecar, an
+estimator). A user's sidecar CSV (``id`` plus any of gender, age_group, ethnicity) is joined by
+id with :func:`attach_demographics`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from fercurate.schema import CANONICAL_LABELS, DEMOGRAPHIC_COLUMNS, UNKNOWN
+
+SPLIT_COLUMN = "split_used"
+
+
+def split_of(rows: pd.DataFrame) -> pd.Series:
+    """The split each row is judged in: the curated split where assigned, else the source's."""
+    return rows["split"].fillna(rows["source_split"]).fillna("(none)")
+
+
+def balance_tables(rows: pd.DataFrame) -> dict[str, Any]:
+    """Counts, shares and imbalance ratios per label x source x split, per subject, and per
+    demographic value and its provenance."""
+    rows = rows.assign(**{SPLIT_COLUMN: split_of(rows)})
+    labels = [label for label in CANONICAL_LABELS if label in set(rows["label"])]
+    per_split = (rows.groupby([SPLIT_COLUMN, "label"]).size().unstack(fill_value=0)
+                 .reindex(columns=labels, fill_value=0))
+    shares = per_split.div(per_split.sum(axis=1), axis=0).round(4)
+    present = per_split.where(per_split > 0)
+    imbalance = (present.max(axis=1) / present.min(axis=1)).round(2)
+    by_source = (rows.groupby(["source", SPLIT_COLUMN, "label"]).size().rename("rows").reset_index())
+    by_source["share_of_source_split"] = (
+        by_source["rows"] / by_source.groupby(["source", SPLIT_COLUMN])["rows"].transform("sum")).round(4)
+    subjects = rows.dropna(subset=["subject_id"])
+    per_subject = (subjects.groupby(["source", "subject_id", "label"]).size().unstack(fill_value=0)
+                   .reindex(columns=[label for label in labels if label in set(subjects["label"])], fill_value=0))
+    demographics = {}
+    for column in DEMOGRAPHIC_COLUMNS:
+        counts = rows.groupby([column, f"{column}_source"]).size().rename("rows").reset_index()
+        counts["share"] = (counts["rows"] / len(rows)).round(4)
+        demographics[column] = {
+            "unknown_share": round(float((rows[column] == UNKNOWN).mean()), 4) if len(rows) else 0.0,
+            "values": counts.rename(columns={f"{column}_source": "source"}).to_dict("records"),
+        }
+    return {
+        "rows": len(rows),
+        "per_split": per_split,
+        "shares": shares,
+        "imbalance_ratio": imbalance,
+        "by_source": by_source,
+        "per_subject": per_subject,
+        "demographics": demographics,
+    }
+
+
+def attach_demographics(manifest: pa.Table, sidecar: Path) -> tuple[pa.Table, dict[str, int]]:
+    """The manifest with demographic values from a user's CSV joined by ``id`` (source
+    ``user-sidecar``); returns it and counts of matched and unmatched sidecar rows.
+
+    Empty cells in the sidecar leave the row's value as it was; ``unknown`` is accepted as a value.
+    """
+    table = pd.read_csv(sidecar, dtype=str)
+    if "id" not in table.columns:
+        raise ValueError(f"{sidecar} needs an 'id' column (the workspace row id) beside the demographics")
+    columns = [column for column in DEMOGRAPHIC_COLUMNS if column in table.columns]
+    if not columns:
+        raise ValueError(f"{sidecar} has none of the columns {', '.join(DEMOGRAPHIC_COLUMNS)}")
+    table = table.drop_duplicates("id", keep="last").set_index("id")
+    ids = manifest["id"].to_pylist()
+    matched = table.index.isin(ids)
+    for column in columns:
+        given = table[column].reindex(ids)
+        given = given.where(given.notna() & (given.str.strip() != ""))
+        current = manifest[column].to_pylist()
+        current_source = manifest[f"{column}_source"].to_pylist()
+        values, sources = [], []
+        for old, old_source, new in zip(current, current_source, given.tolist()):
+            if isinstance(new, str):
+                new = new.strip().lower()
+                values.append(new)
+                sources.append(UNKNOWN if new == UNKNOWN else "user-sidecar")
+            else:
+                values.append(old)
+                sources.append(old_source)
+        for name, data in ((column, values), (f"{column}_source", sources)):
+            index = manifest.schema.get_field_index(name)
+            manifest = manifest.set_column(index, manifest.schema.field(index), pa.array(data, pa.string()))
+    return manifest, {"matched": int(matched.sum()), "unmatched": int((~matched).sum())}

@@ -1,0 +1,221 @@
+"""One pass over a workspace that finds what is wrong with the data before anyone trains on it.
+
+``audit_workspace`` measures balance, quality, duplicates and leakage, and label noise; writes
+the quality columns back into the manifest (atomically, under the workspace lock); and leaves
+its findings in ``<workspace>/audit/``:
+
+    rows.parquet              one row per face: every measurement and flag (manifest order)
+    duplicate_groups.parquet  one row per near-duplicate group: members, splits, labels
+    label_issues.parquet      likely mislabelled faces, worst first
+    embeddings.npy            the feature vectors (manifest order) FiftyOne's Brain uses
+    summary.json              the figures the report and ``--json`` show
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from fercurate.audit.balance import attach_demographics, balance_tables, split_of
+from fercurate.audit.duplicates import find_duplicates
+from fercurate.audit.label_noise import NOISE_MODELS, ferplus_agreement, find_label_issues, image_features
+from fercurate.audit.quality import QualityThresholds, measure_images, quality_flags
+from fercurate.workspace import Workspace
+
+Progress = Callable[[str, int, int | None], None]  # (step, advance, total)
+
+
+class AuditOptions(BaseModel):
+    """What the audit looks for and how hard."""
+
+    thresholds: QualityThresholds = Field(default_factory=QualityThresholds)
+    detect_faces: bool = True
+    near_duplicate_distance: int = Field(4, ge=0, le=64, description="max Hamming distance of 64-bit pHashes")
+    label_noise: bool = True
+    noise_model: str = Field("auto", description=f"one of {', '.join(NOISE_MODELS)}")
+    folds: int = Field(5, ge=2)
+    seed: int = 0
+    embedding_dimensions: int = Field(128, ge=2)
+    demographics: Path | None = Field(None, description="a sidecar CSV: id plus gender/age_group/ethnicity")
+
+
+@dataclass
+class AuditResult:
+    """Everything the audit found; ``rows`` is aligned with the manifest."""
+
+    rows: pd.DataFrame
+    groups: pd.DataFrame
+    label_issues: pd.DataFrame
+    balance: dict[str, Any]
+    summary: dict[str, Any]
+    embeddings: np.ndarray
+    seconds: dict[str, float] = field(default_factory=dict)
+    directory: Path | None = None
+
+
+def audit_workspace(workspace: Workspace, options: AuditOptions | None = None,
+                    progress: Progress | None = None) -> AuditResult:
+    """Audit every row of the workspace; see the module docstring for what is written where."""
+    options = options or AuditOptions()
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[step] = round(now - clock, 2)
+        clock = now
+
+    with workspace.lock():
+        manifest = workspace.manifest()
+        if manifest.num_rows == 0:
+            raise ValueError(f"{workspace.root} holds no rows: run `fercurate ingest` first")
+        sidecar = None
+        if options.demographics is not None:
+            manifest, sidecar = attach_demographics(manifest, options.demographics)
+        rows = manifest.drop_columns(["landmarks", "action_units"]).to_pandas()
+        balance = balance_tables(rows)
+        lap("balance")
+
+        paths = [str(workspace.root / path) for path in rows["filepath"]]
+        quality = measure_images(paths, options.thresholds, options.detect_faces,
+                                 progress=(lambda n: progress("quality", n, len(paths))) if progress else None)
+        flags = quality_flags(quality, (rows["width"] * rows["height"]).to_numpy(), rows["source"].to_numpy(),
+                              options.thresholds)
+        lap("quality")
+
+        splits = split_of(rows)
+        duplicates = find_duplicates(rows["id"].tolist(), rows["sha1"].tolist(), quality.phash,
+                                     splits.tolist(), rows["label"].tolist(), options.near_duplicate_distance)
+        lap("duplicates")
+
+        embeddings = image_features(quality.thumbnails, options.embedding_dimensions, options.seed)
+        audit_rows = pd.DataFrame({
+            "id": rows["id"], "source": rows["source"], "split": splits, "label": rows["label"],
+            "brightness": quality.brightness, "contrast": quality.contrast, "blur": quality.blur,
+            "face_detected": quality.face_detected if options.detect_faces else None, **flags,
+            "phash": [f"{value:016x}" for value in quality.phash.tolist()],
+            "exact_group": duplicates.exact_group, "near_group": duplicates.near_group,
+            "duplicate_of": duplicates.duplicate_of, "cross_split_duplicate": duplicates.cross_split,
+            "conflicting_duplicate_labels": duplicates.conflicting_labels,
+        })
+        noise_summary: dict[str, Any] = {"ran": False}
+        if options.label_noise:
+            noise = find_label_issues(embeddings, rows["label"].to_numpy(), options.noise_model, options.folds,
+                                      options.seed)
+            audit_rows["label_issue"] = noise.label_issue
+            audit_rows["label_quality"] = noise.label_quality
+            audit_rows["predicted_label"] = noise.predicted_label
+            noise_summary = {
+                "ran": True, "method": noise.method, "classes": noise.classes,
+                "cross_validated_accuracy": round(noise.cross_validated_accuracy, 4),
+                "audited_rows": int(noise.audited.sum()), "flagged": int(noise.label_issue.sum()),
+                "ferplus_check": ferplus_agreement(rows["label_votes"].tolist(), rows["label"].tolist(),
+                                                   rows["label_source"].tolist(), noise.label_issue),
+            }
+        lap("label noise")
+
+        workspace.write_manifest(_with_quality_columns(manifest, audit_rows, options.detect_faces))
+        result = _assemble(audit_rows, duplicates.groups, balance, embeddings, noise_summary, sidecar, options)
+        result.seconds = seconds
+        result.directory = _write_outputs(workspace, result)
+        lap("write")
+    return result
+
+
+def _with_quality_columns(manifest: pa.Table, audit_rows: pd.DataFrame, faces_measured: bool) -> pa.Table:
+    """The manifest with the schema's quality columns filled from the audit."""
+    values = {
+        "phash": pa.array(audit_rows["phash"], pa.string()),
+        "blur": pa.array(audit_rows["blur"], pa.float32()),
+        "brightness": pa.array(audit_rows["brightness"], pa.float32()),
+        "contrast": pa.array(audit_rows["contrast"], pa.float32()),
+        "duplicate_of": pa.array(audit_rows["duplicate_of"], pa.string()),
+    }
+    if faces_measured:
+        values["face_detected"] = pa.array(audit_rows["face_detected"], pa.bool_())
+    for name, column in values.items():
+        manifest = manifest.set_column(manifest.schema.get_field_index(name), manifest.schema.field(name), column)
+    return manifest
+
+
+def _assemble(audit_rows: pd.DataFrame, groups: pd.DataFrame, balance: dict[str, Any], embeddings: np.ndarray,
+              noise: dict[str, Any], sidecar: dict[str, int] | None, options: AuditOptions) -> AuditResult:
+    if noise["ran"]:
+        issues = (audit_rows[audit_rows["label_issue"]]
+                  .sort_values("label_quality")[["id", "source", "split", "label", "predicted_label",
+                                                 "label_quality"]].reset_index(drop=True))
+    else:
+        issues = pd.DataFrame(columns=["id", "source", "split", "label", "predicted_label", "label_quality"])
+    quality_counts = {name: int(audit_rows[name].sum()) for name in
+                      ("is_blank", "is_blurry", "too_dark", "too_bright", "size_anomaly", "unreadable")}
+    if options.detect_faces:
+        quality_counts["no_face_detected"] = int((~audit_rows["face_detected"].astype(bool)).sum())
+    summary = {
+        "rows": len(audit_rows),
+        "options": json.loads(options.model_dump_json()),
+        "balance": {
+            "per_split": balance["per_split"].to_dict("index"),
+            "imbalance_ratio": balance["imbalance_ratio"].to_dict(),
+            "demographics": balance["demographics"],
+            "subjects": int(balance["per_subject"].shape[0]),
+        },
+        "quality": quality_counts,
+        "duplicates": {
+            "exact_groups": int(audit_rows.loc[audit_rows.exact_group >= 0, "exact_group"].nunique()),
+            "exact_duplicate_images": int(audit_rows.exact_group.ge(0).sum()
+                                          - audit_rows.loc[audit_rows.exact_group >= 0, "exact_group"].nunique()),
+            "near_groups": len(groups),
+            "rows_in_near_groups": int(audit_rows.near_group.ge(0).sum()),
+            "groups_across_splits": int(groups["cross_split"].sum()) if len(groups) else 0,
+            "groups_with_conflicting_labels": int(groups["conflicting_labels"].sum()) if len(groups) else 0,
+            "max_distance": options.near_duplicate_distance,
+        },
+        "label_noise": noise,
+        "demographics_sidecar": sidecar,
+    }
+    return AuditResult(audit_rows, groups, issues, balance, summary, embeddings)
+
+
+def _write_outputs(workspace: Workspace, result: AuditResult) -> Path:
+    from fercurate.audit.report import write_report
+
+    directory = workspace.root / "audit"
+    directory.mkdir(exist_ok=True)
+    _atomic(directory / "rows.parquet", lambda path: result.rows.to_parquet(path, index=False))
+    groups = result.groups.assign(ids=result.groups["ids"].map(list), splits=result.groups["splits"].map(list),
+                                  labels=result.groups["labels"].map(list))
+    _atomic(directory / "duplicate_groups.parquet", lambda path: groups.to_parquet(path, index=False))
+    _atomic(directory / "label_issues.parquet", lambda path: result.label_issues.to_parquet(path, index=False))
+    _atomic(directory / "embeddings.npy", lambda path: np.save(path, result.embeddings))
+    result.summary["seconds"] = result.seconds
+    _atomic(directory / "summary.json", lambda path: path.write_text(json.dumps(result.summary, indent=2,
+                                                                                default=_json_default)))
+    write_report(workspace, result, directory)
+    return directory
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _atomic(target: Path, write: Callable[[Path], Any]) -> None:
+    temporary = target.with_name(f".{target.name}.tmp{target.suffix}")
+    try:
+        write(temporary)
+        temporary.replace(target)
+    finally:
+        temporary.unlink(missing_ok=True)
