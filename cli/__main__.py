@@ -1,5 +1,5 @@
 """``python -m fercurate_cli``: the same as the ``fercurate`` command."""
 
-from fercurate_cli.main import run
+from fercurate_cli.main import main_entry
 
-run()
+main_entry()

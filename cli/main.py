@@ -168,12 +168,6 @@ def _render_report(space: Workspace, report: IngestReport) -> None:
     console.print(totals)
 
 
-def run() -> None:
-    """Entry point that turns a broken pipe (e.g. ``| head``) into a quiet exit."""
-    try:
-        app()
-    except BrokenPipeError:
-        sys.exit(0)
 
 
 @app.command()
@@ -238,14 +232,17 @@ def _audit_with_progress(space: Workspace, options: AuditOptions, quiet: bool) -
 
 def _render_audit(result: AuditResult) -> None:
     summary = result.summary
-    balance = Table(title="class balance (rows per split; imbalance = largest / smallest class)", title_justify="left")
     per_split = summary["balance"]["per_split"]
+    splits = sorted(per_split)
+    balance = Table(title="class balance", title_justify="left")
+    for column in ("label", *splits):
+        balance.add_column(column, justify="left" if column == "label" else "right")
     labels = list(next(iter(per_split.values())).keys()) if per_split else []
-    for column in ("split", *labels, "imbalance"):
-        balance.add_column(column, justify="left" if column == "split" else "right")
-    for split_name, counts in per_split.items():
-        ratio = summary["balance"]["imbalance_ratio"].get(split_name)
-        balance.add_row(split_name, *(str(counts[label]) for label in labels), f"{ratio:.1f}" if ratio else "-")
+    for label in labels:
+        balance.add_row(label, *(str(per_split[split_name][label]) for split_name in splits))
+    ratios = summary["balance"]["imbalance_ratio"]
+    balance.add_row("largest / smallest", *(f"{ratios[s]:.1f}" if ratios.get(s) else "-" for s in splits),
+                    style="bold")
     console.print(balance)
 
     findings = Table(title="findings", title_justify="left")
@@ -273,3 +270,55 @@ def _render_audit(result: AuditResult) -> None:
         console.print("FER+ check: " + ", ".join(f"{key} {value}" for key, value in noise["ferplus_check"].items()))
     seconds = ", ".join(f"{step} {value:.1f}s" for step, value in result.seconds.items())
     console.print(f"report: {result.directory / 'report.html' if result.directory else '-'}  ({seconds})")
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="A YAML recipe, e.g. recipes/quickstart.yaml.")],
+    workspace: WorkspaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a pipeline from a YAML recipe: its steps (ingest, audit) in order on its workspace."""
+    from fercurate.audit.run import AuditOptions, AuditResult
+    from fercurate.recipes import AuditStep, IngestStep, RecipeError, load_recipe
+    from fercurate.sources import SourceError
+    from fercurate.workspace import Workspace, WorkspaceLocked
+
+    try:
+        plan = load_recipe(recipe)
+    except RecipeError as error:
+        errors.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    space = Workspace(workspace or plan.workspace)
+    outputs = []
+    for number, step in enumerate(plan.steps, start=1):
+        if not as_json:
+            console.rule(f"step {number}: {step.kind}")
+        try:
+            if isinstance(step, IngestStep):
+                report = _ingest_with_progress(space, step.reader(space), quiet=as_json)
+                outputs.append({"step": number, "kind": "ingest", **report.to_dict()})
+                if not as_json:
+                    _render_report(space, report)
+            else:
+                assert isinstance(step, AuditStep)
+                result: AuditResult = _audit_with_progress(
+                    space, AuditOptions.model_validate(step.model_dump(exclude={"kind", "fiftyone"})), quiet=as_json)
+                outputs.append({"step": number, "kind": "audit", **result.summary})
+                if step.fiftyone:
+                    _sync_fiftyone(space, open_app=False, address="127.0.0.1", port=5151, quiet=as_json)
+                if not as_json:
+                    _render_audit(result)
+        except (SourceError, WorkspaceLocked, ValueError) as error:
+            errors.print(f"[bold red]error in step {number} ({step.kind}):[/] {error}")
+            raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps({"workspace": str(space.root), "steps": outputs}, indent=2, default=str))
+
+
+def main_entry() -> None:
+    """Entry point that turns a broken pipe (e.g. ``| head``) into a quiet exit."""
+    try:
+        app()
+    except BrokenPipeError:
+        sys.exit(0)

@@ -88,7 +88,7 @@ def contact_sheet(workspace: Workspace, rows_of_tiles: list[list[tuple[str, str]
             axes[r][c].imshow(_thumbnail(workspace, filepath), cmap="gray", vmin=0, vmax=255)
             axes[r][c].set_title(caption, fontsize=6)
     figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / max(1, len(rows_of_tiles))))
     figure.savefig(target, dpi=110)
     plt.close(figure)
 
@@ -112,7 +112,7 @@ def write_report(workspace: Workspace, result: AuditResult, directory: Path) -> 
                   "duplicate groups that cross splits or disagree on the label (one group per row)",
                   directory / "duplicates.png")
     issues = result.label_issues.head(_ISSUES_SHOWN)
-    tiles = [(filepaths[row.id], f"{row.label}\n-> {row.predicted_label} ({row.label_quality:.2f})")
+    tiles = [(filepaths[row.id], f"{row.label}\n-> {row.predicted_label} ({row.label_quality:.3f})")
              for row in issues.itertuples()]
     contact_sheet(workspace, [tiles[i:i + 8] for i in range(0, len(tiles), 8)],
                   "most likely mislabelled: given -> model (label quality)", directory / "mislabelled.png")

@@ -1,0 +1,113 @@
+"""Pipelines as YAML recipes: a workspace and the steps to run on it, in order.
+
+    workspace: fercurate-workspace        # relative paths resolve against the recipe's folder
+    steps:
+      - ingest: {source: fer2013, path: data/fer2013.csv}
+      - ingest: {source: ferplus, path: data/fer2013new.csv, options: {label_mode: majority}}
+      - audit: {near_duplicate_distance: 4, fiftyone: true}
+
+Each step is validated before anything runs, so a typo fails at once with the step's number.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fercurate.audit.run import AuditOptions, AuditResult, audit_workspace
+from fercurate.sources import SOURCES, Source, SourceError, open_source
+from fercurate.workspace import IngestReport, Workspace
+
+
+class RecipeError(ValueError):
+    """A recipe cannot be read or one of its steps is invalid."""
+
+
+class IngestStep(BaseModel):
+    """``ingest``: a source name, its path (none for ``demo``), and the reader's options."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["ingest"] = "ingest"
+    source: str
+    path: Path | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def reader(self, workspace: Workspace) -> Source:
+        """The source reader this step describes."""
+        if self.source == "demo":
+            from fercurate.sources.demo import open_demo
+
+            return open_demo(self.path or workspace.root / "demo-data", **self.options)
+        if self.path is None:
+            raise SourceError(f"the {self.source} step needs a path")
+        return open_source(self.source, self.path, **self.options)
+
+
+class AuditStep(AuditOptions):
+    """``audit``: the audit's options, plus whether to sync the findings into FiftyOne."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["audit"] = "audit"
+    fiftyone: bool = False
+
+
+Step = IngestStep | AuditStep
+
+
+class Recipe(BaseModel):
+    """A workspace and the steps to run on it."""
+
+    model_config = ConfigDict(extra="forbid")
+    workspace: Path
+    steps: list[Step]
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe; relative paths in it resolve against its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} does not exist (recipes/ has quickstart.yaml and others)")
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path} is not valid YAML: {error}") from None
+    steps = []
+    for number, entry in enumerate(document.get("steps") or [], start=1):
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise RecipeError(f"step {number} of {path.name} must be one mapping like '- ingest: {{...}}'")
+        (kind, body), = entry.items()
+        model = {"ingest": IngestStep, "audit": AuditStep}.get(kind)
+        if model is None:
+            raise RecipeError(f"step {number} of {path.name}: unknown step {kind!r} (use ingest or audit)")
+        try:
+            step = model.model_validate(body or {})
+        except ValidationError as error:
+            raise RecipeError(f"step {number} ({kind}) of {path.name}: {error}") from None
+        if isinstance(step, IngestStep) and step.source not in (*SOURCES, "demo"):
+            raise RecipeError(f"step {number} of {path.name}: unknown source {step.source!r}")
+        steps.append(step)
+    base = path.resolve().parent
+
+    def resolve(value: Path | None) -> Path | None:
+        return None if value is None else (value if value.is_absolute() else base / value).resolve()
+
+    for step in steps:
+        if isinstance(step, IngestStep):
+            step.path = resolve(step.path)
+        elif step.demographics is not None:
+            step.demographics = resolve(step.demographics)
+    workspace = resolve(Path(document["workspace"])) if document.get("workspace") else None
+    if workspace is None:
+        raise RecipeError(f"{path.name} names no workspace")
+    return Recipe(workspace=workspace, steps=steps)
+
+
+def run_step(step: Step, workspace: Workspace, **progress: Any) -> IngestReport | AuditResult:
+    """Run one step on the workspace (``progress`` is passed to the stage's own function)."""
+    if isinstance(step, IngestStep):
+        return workspace.ingest(step.reader(workspace), **progress)
+    return audit_workspace(workspace, AuditOptions.model_validate(step.model_dump(exclude={"kind", "fiftyone"})),
+                           **progress)
