@@ -322,3 +322,64 @@ def main_entry() -> None:
         app()
     except BrokenPipeError:
         sys.exit(0)
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Argument(help="Folder to create (refused if it exists, unless --overwrite).")],
+    workspace: WorkspaceOption = None,
+    formats: Annotated[str, typer.Option("--format", help="Comma-separated: imagefolder, hf, fer2013-csv, "
+                                                          "manifest, fiftyone.")] = "imagefolder,hf,fer2013-csv,manifest",
+    split_strategy: Annotated[str, typer.Option(help="official (keep source splits, fix leakage) or grouped.")] = "official",
+    folds: Annotated[str, typer.Option(help="grouped: train:validation:test proportion in folds.")] = "8:1:1",
+    balance: Annotated[Optional[str], typer.Option(
+        help="Training split target: uniform, uniform:N, cap:N, or label=share,... (e.g. anger=1,disgust=1).")] = None,
+    kfold: Annotated[Optional[int], typer.Option(help="Also write subject-independent fold numbers (k).")] = None,
+    sources: Annotated[Optional[str], typer.Option(help="Only these sources (comma-separated).")] = None,
+    exclude_flag: Annotated[Optional[list[str]], typer.Option(help="Leave out rows with this flag (repeatable).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the balancing.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Write balanced, leakage-free splits in common formats, with a dataset card."""
+    from fercurate.export import ExportError, ExportOptions, export_dataset
+    from fercurate.splits import SplitOptions
+    from fercurate.workspace import Workspace, WorkspaceLocked
+
+    space = Workspace(workspace)
+    try:
+        target: str | dict[str, float] | None = balance
+        if balance and "=" in balance:
+            target = {key.strip(): float(value) for key, value in (item.split("=", 1) for item in balance.split(","))}
+        options = ExportOptions(
+            formats=[name.strip() for name in formats.split(",") if name.strip()],
+            split=SplitOptions(strategy=split_strategy, folds=tuple(int(part) for part in folds.split(":")), seed=seed),
+            balance=target, kfold=kfold, overwrite=overwrite, exclude_flags=exclude_flag or [],
+            sources=[name.strip() for name in sources.split(",")] if sources else None)
+        with errors.status("exporting") as status:
+            report = export_dataset(space, output, options, progress=lambda name: status.update(f"writing {name}"))
+    except (ExportError, WorkspaceLocked, ValueError) as error:
+        errors.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    summary = report.to_dict()
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    per_split = summary["per_split_and_label"]
+    splits = [name for name in ("train", "validation", "test") if name in per_split]
+    table = Table(title=f"export {output}", title_justify="left")
+    for column in ("label", *splits, "total"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    from fercurate.schema import CANONICAL_LABELS
+
+    for label in CANONICAL_LABELS:
+        counts = [per_split[name].get(label, 0) for name in splits]
+        if any(counts):
+            table.add_row(label, *map(str, counts), str(sum(counts)))
+    console.print(table)
+    for reason, count in summary["excluded"].items():
+        console.print(f"left out: {count} ({reason})")
+    if summary["balance"]:
+        deficits = {label: counts["deficit"] for label, counts in summary["balance"].items() if counts["deficit"]}
+        console.print("deficit to synthesize: " + (", ".join(f"{k} {v}" for k, v in deficits.items()) or "none"))
+    console.print(f"wrote {', '.join(summary['files'])} in {output}")

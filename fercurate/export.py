@@ -1,0 +1,319 @@
+"""Export a workspace as balanced, leakage-free splits in the formats FER code already reads, with
+a dataset card.
+
+Formats (each a folder or file inside the output folder):
+
+- ``imagefolder``: ``imagefolder/<split>/<label>/<id>.png``
+- ``hf``: a Hugging Face ``DatasetDict`` (``hf/``, ``save_to_disk``) and ``parquet/<split>.parquet``,
+  with a ``ClassLabel`` in canonical order and every schema column
+- ``fer2013-csv``: ``fer2013.csv`` (``emotion,pixels,Usage``; 48x48 gray; train/validation/test as
+  Training/PublicTest/PrivateTest) so existing FER2013 code runs unchanged. FER2013 has no code
+  for contempt: such rows are left out of this file and counted.
+- ``manifest``: ``manifest.parquet`` and ``manifest.csv`` with the curated ``split`` and ``fold``
+- ``fiftyone``: a FiftyOne dataset export (``fiftyone/``), images included
+
+The whole output is built in a temporary folder beside the target and renamed into place, so it
+is either complete or absent; an existing output is replaced only when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from fercurate.schema import CANONICAL_LABELS, SOURCE_LABEL_MAPS
+from fercurate.splits import (
+    SPLITS,
+    SplitOptions,
+    assign_splits,
+    balanced_selection,
+    leakage_groups,
+    leakage_violations,
+    subject_folds,
+)
+from fercurate.workspace import Workspace
+
+FORMATS = ("imagefolder", "hf", "fer2013-csv", "manifest", "fiftyone")
+FER2013_CODES = {label: int(code) for code, label in SOURCE_LABEL_MAPS["fer2013"].items()}
+FER2013_USAGE = {"train": "Training", "validation": "PublicTest", "test": "PrivateTest"}
+
+
+class ExportError(ValueError):
+    """The export cannot be made as asked; the message says why and what to do."""
+
+
+class ExportOptions(BaseModel):
+    """What to export and how to split it."""
+
+    formats: list[str] = Field(default_factory=lambda: ["imagefolder", "hf", "fer2013-csv", "manifest"])
+    split: SplitOptions = Field(default_factory=SplitOptions)
+    balance: str | dict[str, float] | None = Field(
+        None, description="uniform, uniform:N, cap:N, or proportions per class (training split only)")
+    kfold: int | None = Field(None, ge=2, description="also write subject-independent fold numbers")
+    sources: list[str] | None = Field(None, description="only rows of these sources")
+    exclude_flags: list[str] = Field(default_factory=list, description="leave out rows carrying these flags")
+    overwrite: bool = False
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote and how the rows were split."""
+
+    output: Path
+    rows: pd.DataFrame  # exported rows with split (and fold)
+    split_report: dict[str, Any]
+    balance_report: dict[str, Any] | None
+    excluded: dict[str, int]
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {"output": str(self.output), "rows": len(self.rows), "split": self.split_report,
+                "balance": self.balance_report, "excluded": self.excluded, "files": self.files,
+                "per_split_and_label": _per_split(self.rows)}
+
+
+def _per_split(rows: pd.DataFrame) -> dict[str, dict[str, int]]:
+    table = rows.groupby(["split", "label"]).size().unstack(fill_value=0)
+    return {split: {label: int(count) for label, count in counts.items() if count}
+            for split, counts in table.iterrows()}
+
+
+def plan_export(workspace: Workspace, options: ExportOptions) -> tuple[pd.DataFrame, dict[str, Any],
+                                                                        dict[str, Any] | None, dict[str, int]]:
+    """The rows to export with their split (and fold), and reports of the split and the balance."""
+    manifest = workspace.manifest()
+    if manifest.num_rows == 0:
+        raise ExportError(f"{workspace.root} holds no rows: run `fercurate ingest` first")
+    rows = manifest.to_pandas()
+    near_group = _audited_near_groups(workspace, rows)
+    groups = leakage_groups(rows, near_group)
+    assignment = assign_splits(rows, groups, options.split)
+    problems = leakage_violations(rows, assignment.split, groups)
+    if len(problems):  # a bug, not bad input: never write a leaking export
+        raise RuntimeError(f"split assignment leaks: {problems.head().to_dict('records')}")
+    rows = rows.assign(split=assignment.split, excluded_reason=assignment.excluded_reason, leakage_group=groups)
+    if options.kfold:
+        rows["fold"] = subject_folds(rows, groups, options.kfold, options.split.seed)
+    keep = rows["split"].notna().to_numpy().copy()
+    if options.sources:
+        chosen = rows["source"].isin(options.sources).to_numpy()
+        rows.loc[keep & ~chosen, "excluded_reason"] = "source not selected"
+        keep &= chosen
+    if options.exclude_flags:
+        flagged = rows["flags"].map(lambda flags: bool(set(flags if flags is not None else ())
+                                                       & set(options.exclude_flags))).to_numpy()
+        rows.loc[keep & flagged, "excluded_reason"] = "flag excluded"
+        keep &= ~flagged
+    balance_report = None
+    if options.balance is not None:
+        kept, balance_report = balanced_selection(rows["label"].to_numpy(), np.where(keep, rows["split"], None),
+                                                  options.balance, options.split.seed)
+        rows.loc[keep & ~kept, "excluded_reason"] = "balanced out of the training split"
+        keep &= kept
+    excluded = rows.loc[~keep, "excluded_reason"].value_counts().to_dict()
+    return rows[keep].reset_index(drop=True), assignment.report, balance_report, excluded
+
+
+def _audited_near_groups(workspace: Workspace, rows: pd.DataFrame) -> np.ndarray | None:
+    """The audit's near-duplicate groups aligned with ``rows``, when an audit of them exists."""
+    path = workspace.root / "audit" / "rows.parquet"
+    if not path.exists():
+        return None
+    audit = pd.read_parquet(path, columns=["id", "near_group"]).set_index("id")["near_group"]
+    aligned = audit.reindex(rows["id"])
+    return aligned.fillna(-1).to_numpy(dtype=np.int64)
+
+
+def export_dataset(workspace: Workspace, output: str | Path, options: ExportOptions | None = None,
+                   progress: Callable[[str], None] | None = None) -> ExportReport:
+    """Split, select and write the workspace in the chosen formats, with a dataset card."""
+    options = options or ExportOptions()
+    output = Path(output)
+    unknown = set(options.formats) - set(FORMATS)
+    if unknown:
+        raise ExportError(f"unknown format(s) {sorted(unknown)}: use {', '.join(FORMATS)}")
+    if output.exists() and not options.overwrite:
+        raise ExportError(f"{output} exists: choose another folder or pass --overwrite to replace it")
+    with workspace.lock():
+        rows, split_report, balance_report, excluded = plan_export(workspace, options)
+        report = ExportReport(output, rows, split_report, balance_report, excluded)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+        try:
+            writers: dict[str, Callable[[Workspace, pd.DataFrame, Path], dict[str, Any]]] = {
+                "imagefolder": write_imagefolder, "hf": write_hf, "fer2013-csv": write_fer2013_csv,
+                "manifest": write_manifest, "fiftyone": write_fiftyone,
+            }
+            notes: dict[str, Any] = {}
+            for name in options.formats:
+                if progress is not None:
+                    progress(name)
+                notes[name] = writers[name](workspace, rows, staging)
+            write_card(workspace, report, options, notes, staging)
+            (staging / "export.json").write_text(json.dumps({**report.to_dict(), "notes": notes,
+                                                            "options": json.loads(options.model_dump_json())},
+                                                           indent=2, default=str))
+            _replace_folder(staging, output)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    report.files = sorted(str(path.relative_to(output)) for path in output.iterdir())
+    return report
+
+
+def _replace_folder(staging: Path, output: Path) -> None:
+    """Put ``staging`` at ``output``; an old output is moved aside first and removed last."""
+    old = None
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        output.rename(old)
+    staging.rename(output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _file_name(row_id: str) -> str:
+    return row_id.replace("/", "__").replace(":", "_") + ".png"
+
+
+def write_imagefolder(workspace: Workspace, rows: pd.DataFrame, out: Path) -> dict[str, Any]:
+    """``imagefolder/<split>/<label>/<id>.png`` (hard links into the workspace where possible)."""
+    for row in rows[["id", "split", "label", "filepath"]].itertuples(index=False):
+        _link_or_copy(workspace.root / row.filepath, out / "imagefolder" / row.split / row.label / _file_name(row.id))
+    return {"images": len(rows)}
+
+
+def _arrow_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.drop(columns=["leakage_group", "excluded_reason"], errors="ignore")
+
+
+def write_hf(workspace: Workspace, rows: pd.DataFrame, out: Path) -> dict[str, Any]:
+    """A ``DatasetDict`` saved with ``save_to_disk`` plus one parquet file per split."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    splits = {}
+    for name in SPLITS:
+        part = _arrow_rows(rows[rows["split"] == name])
+        if not len(part):
+            continue
+        table = pa.Table.from_pandas(part, preserve_index=False)
+        images = [str(workspace.root / path) for path in part["filepath"]]
+        dataset = datasets.Dataset(table).cast_column("label", datasets.ClassLabel(names=list(CANONICAL_LABELS)))
+        dataset = dataset.add_column("image", images).cast_column("image", datasets.Image())
+        splits[name] = dataset
+    dataset_dict = datasets.DatasetDict(splits)
+    dataset_dict.save_to_disk(str(out / "hf"))
+    (out / "parquet").mkdir()
+    for name, dataset in dataset_dict.items():
+        dataset.to_parquet(str(out / "parquet" / f"{name}.parquet"))
+    return {"splits": {name: len(dataset) for name, dataset in dataset_dict.items()}}
+
+
+def write_fer2013_csv(workspace: Workspace, rows: pd.DataFrame, out: Path) -> dict[str, Any]:
+    """``fer2013.csv`` with 48x48 gray pixels; contempt has no FER2013 code and is counted out."""
+    usable = rows[rows["label"].isin(FER2013_CODES)]
+    with open(out / "fer2013.csv", "w") as handle:
+        handle.write("emotion,pixels,Usage\n")
+        for row in usable[["filepath", "label", "split"]].itertuples(index=False):
+            image = cv2.imread(str(workspace.root / row.filepath), cv2.IMREAD_GRAYSCALE)
+            if image.shape != (48, 48):
+                image = cv2.resize(image, (48, 48), interpolation=cv2.INTER_AREA)
+            handle.write(f"{FER2013_CODES[row.label]},{' '.join(map(str, image.ravel().tolist()))},"
+                         f"{FER2013_USAGE[row.split]}\n")
+    return {"rows": len(usable), "left_out_no_fer2013_code": int(len(rows) - len(usable))}
+
+
+def write_manifest(workspace: Workspace, rows: pd.DataFrame, out: Path) -> dict[str, Any]:
+    """The exported rows with their split: parquet (every column) and CSV (flat columns)."""
+    table = pa.Table.from_pandas(_arrow_rows(rows), preserve_index=False)
+    pq.write_table(table, out / "manifest.parquet")
+    flat = [name for name, kind in zip(table.column_names, table.schema.types)
+            if not pa.types.is_nested(kind)]
+    rows[flat].to_csv(out / "manifest.csv", index=False)
+    return {"rows": len(rows)}
+
+
+def write_fiftyone(workspace: Workspace, rows: pd.DataFrame, out: Path) -> dict[str, Any]:
+    """A FiftyOne dataset export (``fiftyone.types.FiftyOneDataset``) of the exported rows, with
+    their split as a field and a tag."""
+    from fercurate.audit.fiftyone_app import export_fiftyone_dataset
+
+    return export_fiftyone_dataset(workspace, rows["id"].tolist(), rows["split"].tolist(), out / "fiftyone")
+
+
+def write_card(workspace: Workspace, report: ExportReport, options: ExportOptions, notes: Mapping[str, Any],
+               out: Path) -> None:
+    """``README.md``: a Hugging Face dataset card (YAML metadata + Markdown) for the export."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    rows = report.rows
+    sources = sorted(rows["source"].unique())
+    count = len(rows)
+    size = next(name for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                                         (float("inf"), "100K<n<1M")) if count < limit)
+    card_data = DatasetCardData(
+        license="other", task_categories=["image-classification"], size_categories=size,
+        pretty_name=f"fercurate export of {workspace.root.resolve().name}", tags=["facial-expression-recognition",
+                                                                                "fercurate", *sources])
+    per_split = rows.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(
+        [label for label in CANONICAL_LABELS if label in set(rows["label"])])
+    demographics = {column: rows.groupby([column, f"{column}_source"]).size().rename("rows").reset_index()
+                    for column in ("gender", "age_group", "ethnicity")}
+    synthetic = rows.groupby("label")["is_synthetic"].mean().round(4)
+    generators = sorted(rows.loc[rows["is_synthetic"], "generator"].dropna().unique())
+    audit_summary = _audit_summary(workspace)
+    template = resources.files("fercurate.dataset_cards").joinpath("template.md").read_text()
+    source_cards = {source: _source_card_excerpt(source) for source in sources}
+    card = DatasetCard.from_template(
+        card_data, template_str=template, sources=sources, source_cards=source_cards,
+        options=json.loads(options.model_dump_json()), split_report=report.split_report,
+        balance_report=report.balance_report, excluded=report.excluded,
+        class_table=per_split.to_markdown(), total=count, notes=notes,
+        demographic_tables={name: table.to_markdown(index=False) for name, table in demographics.items()},
+        synthetic_table=synthetic.to_frame("synthetic share").to_markdown(), generators=generators,
+        audit=audit_summary)
+    card.save(str(out / "README.md"))
+
+
+def _audit_summary(workspace: Workspace) -> dict[str, Any] | None:
+    path = workspace.root / "audit" / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _source_card_excerpt(source: str) -> str:
+    """The 'Known issues' section of a source's card in dataset_cards/, if it has one."""
+    cards = resources.files("fercurate.dataset_cards")
+    card = cards.joinpath(f"{source}.md")
+    if not card.is_file():
+        return ""
+    text = card.read_text()
+    start = text.find("## Known issues")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + 1)
+    return text[start + len("## Known issues"):end if end > 0 else None].strip()
+
