@@ -100,7 +100,7 @@ def plan_export(workspace: Workspace, options: ExportOptions) -> tuple[pd.DataFr
     if manifest.num_rows == 0:
         raise ExportError(f"{workspace.root} holds no rows: run `fercurate ingest` first")
     rows = manifest.to_pandas()
-    near_group = _audited_near_groups(workspace, rows)
+    near_group = audited_near_groups(workspace, rows)
     groups = leakage_groups(rows, near_group)
     assignment = assign_splits(rows, groups, options.split)
     problems = leakage_violations(rows, assignment.split, groups)
@@ -129,7 +129,7 @@ def plan_export(workspace: Workspace, options: ExportOptions) -> tuple[pd.DataFr
     return rows[keep].reset_index(drop=True), assignment.report, balance_report, excluded
 
 
-def _audited_near_groups(workspace: Workspace, rows: pd.DataFrame) -> np.ndarray | None:
+def audited_near_groups(workspace: Workspace, rows: pd.DataFrame) -> np.ndarray | None:
     """The audit's near-duplicate groups aligned with ``rows``, when an audit of them exists."""
     path = workspace.root / "audit" / "rows.parquet"
     if not path.exists():
@@ -280,7 +280,8 @@ def write_card(workspace: Workspace, report: ExportReport, options: ExportOption
         pretty_name=f"fercurate export of {workspace.root.resolve().name}", tags=["facial-expression-recognition",
                                                                                 "fercurate", *sources])
     per_split = rows.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(
-        [label for label in CANONICAL_LABELS if label in set(rows["label"])])
+        index=[label for label in CANONICAL_LABELS if label in set(rows["label"])],
+        columns=[name for name in SPLITS if name in set(rows["split"])])
     demographics = {column: rows.groupby([column, f"{column}_source"]).size().rename("rows").reset_index()
                     for column in ("gender", "age_group", "ethnicity")}
     synthetic = rows.groupby("label")["is_synthetic"].mean().round(4)

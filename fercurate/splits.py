@@ -112,8 +112,13 @@ def assign_splits(rows: pd.DataFrame, groups: np.ndarray, options: SplitOptions 
         unassigned = ~in_official_group
     else:
         unassigned = np.ones(count, bool)
+    notes = []
     if unassigned.any():
         split[unassigned] = _grouped_stratified(rows["label"].to_numpy()[unassigned], groups[unassigned], options)
+        distinct = len(np.unique(groups[unassigned]))
+        if distinct < sum(options.folds):
+            notes.append(f"{int(unassigned.sum())} rows without an official split form only {distinct} leakage "
+                         f"groups (subjects), fewer than the {sum(options.folds)} folds: all kept in train")
     synthetic = rows["is_synthetic"].to_numpy(dtype=bool)
     in_test = synthetic & (split == "test")
     reason[in_test] = "synthetic row whose parent is in the test split"
@@ -124,6 +129,7 @@ def assign_splits(rows: pd.DataFrame, groups: np.ndarray, options: SplitOptions 
         "per_split": {name: int((split == name).sum()) for name in SPLITS},
         "excluded": pd.Series(reason[pd.notna(reason)]).value_counts().to_dict(),
         "leakage_groups": int(len(np.unique(groups))),
+        "notes": notes,
     }
     return SplitAssignment(split, reason, groups, report)
 
