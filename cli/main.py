@@ -117,9 +117,23 @@ def _nested_counts(rows: pa.Table | None) -> dict[str, dict[str, int]]:
     return counts
 
 
-def _render_report(space: Workspace, report: IngestReport) -> None:
+def _label_split_table(counts: dict[str, dict[str, int]], splits: list[str], title: str) -> Table:
+    """Rows per label (down) and split (across), with totals: {split: {label: rows}} as a table."""
     from fercurate.schema import CANONICAL_LABELS
 
+    table = Table(title=title, title_justify="left")
+    for column in ("label", *splits, "total"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for label in CANONICAL_LABELS:
+        row = [counts[split_name].get(label, 0) for split_name in splits]
+        if any(row):
+            table.add_row(label, *map(str, row), str(sum(row)))
+    totals = [sum(counts[split_name].values()) for split_name in splits]
+    table.add_row("total", *map(str, totals), str(sum(totals)), style="bold")
+    return table
+
+
+def _render_report(space: Workspace, report: IngestReport) -> None:
     done = Table(title=f"ingest {report.source}: {report.input}", title_justify="left")
     for column in ("added", "replaced", "relabelled", "images written", "skipped", "seconds"):
         done.add_column(column, justify="right")
@@ -129,17 +143,7 @@ def _render_report(space: Workspace, report: IngestReport) -> None:
 
     counts = _nested_counts(report.rows)
     if counts:
-        splits = sorted(counts)
-        by_label = Table(title="rows of this run by label and split", title_justify="left")
-        for column in ("label", *splits, "total"):
-            by_label.add_column(column, justify="left" if column == "label" else "right")
-        for label in CANONICAL_LABELS:
-            row = [counts[split_name].get(label, 0) for split_name in splits]
-            if any(row):
-                by_label.add_row(label, *map(str, row), str(sum(row)))
-        by_label.add_row("total", *(str(sum(counts[split_name].values())) for split_name in splits),
-                         str(report.rows.num_rows if report.rows is not None else 0), style="bold")
-        console.print(by_label)
+        console.print(_label_split_table(counts, sorted(counts), "rows of this run by label and split"))
         flags = report.flag_counts
         if flags:
             flagged = Table(title="flags set by this run", title_justify="left")
@@ -367,16 +371,7 @@ def export(
         return
     per_split = summary["per_split_and_label"]
     splits = [name for name in ("train", "validation", "test") if name in per_split]
-    table = Table(title=f"export {output}", title_justify="left")
-    for column in ("label", *splits, "total"):
-        table.add_column(column, justify="left" if column == "label" else "right")
-    from fercurate.schema import CANONICAL_LABELS
-
-    for label in CANONICAL_LABELS:
-        counts = [per_split[name].get(label, 0) for name in splits]
-        if any(counts):
-            table.add_row(label, *map(str, counts), str(sum(counts)))
-    console.print(table)
+    console.print(_label_split_table(per_split, splits, f"export {output}"))
     for reason, count in summary["excluded"].items():
         console.print(f"left out: {count} ({reason})")
     if summary["balance"]:
