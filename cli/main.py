@@ -320,6 +320,49 @@ def run(
         print(json.dumps({"workspace": str(space.root), "steps": outputs}, indent=2, default=str))
 
 
+def _sync_fiftyone(space: Workspace, open_app: bool, address: str, port: int, quiet: bool) -> None:
+    """Mirror the workspace and its latest audit into FiftyOne; optionally serve the App until Ctrl-C."""
+    from fercurate.audit.fiftyone_app import launch_app, sync_audit_to_fiftyone
+
+    try:
+        with errors.status("syncing to FiftyOne"):
+            dataset = sync_audit_to_fiftyone(space)
+    except RuntimeError as error:
+        errors.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    views = ", ".join(dataset.list_saved_views())
+    if not quiet:
+        console.print(f"FiftyOne dataset [bold]{dataset.name}[/]: {len(dataset)} samples; saved views: {views}")
+    if not open_app:
+        return
+    try:
+        handle = launch_app(dataset, address=address, port=port)
+    except (RuntimeError, OSError) as error:
+        errors.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    errors.print(f"FiftyOne App: [bold]{handle.dataset_url}[/] (Ctrl-C to stop)")
+    try:
+        handle.session.wait()
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command(name="app")
+def app_command(
+    workspace: WorkspaceOption = None,
+    address: Annotated[str, typer.Option(help="Address to serve the App on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve the App on.")] = 5151,
+) -> None:
+    """Sync the workspace (and its latest audit) into FiftyOne and open the App in remote mode."""
+    from fercurate.workspace import Workspace
+
+    space = Workspace(workspace)
+    if not space.manifest_path.exists():
+        errors.print(f"[bold red]error:[/] {space.root} holds no rows: run `fercurate ingest` first")
+        raise typer.Exit(2)
+    _sync_fiftyone(space, open_app=True, address=address, port=port, quiet=False)
+
+
 def main_entry() -> None:
     """Entry point that turns a broken pipe (e.g. ``| head``) into a quiet exit."""
     try:

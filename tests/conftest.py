@@ -1,4 +1,5 @@
-"""Shared fixtures: fer2013.csv builders and the optional real data in ../shared/data."""
+"""Shared fixtures: fer2013.csv builders, the optional real data in ../shared/data, and the one
+FiftyOne database of a test session (a started database cannot move)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from fercurate.audit.fiftyone_app import prepare_fiftyone_database
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -39,3 +42,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (only present on development machines)")
     return SHARED_DATA
+
+
+def fiftyone_database_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one database folder of a test session (shared by every test module using FiftyOne)."""
+    folder = tmp_path_factory.getbasetemp() / "fiftyone-db"
+    prepare_fiftyone_database(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fiftyone_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fiftyone_database_dir(tmp_path_factory)

@@ -191,3 +191,19 @@ def test_cli_export_with_balance(workspace: Workspace, tmp_path: Path) -> None:
     assert {counts["deficit"] for counts in summary["balance"].values()} == {1}
     bad = CliRunner().invoke(app, ["export", str(tmp_path / "x"), "-w", str(workspace.root), "--format", "zip"])
     assert bad.exit_code == 2 and "unknown format" in bad.output
+
+
+def test_fiftyone_export_reloads(workspace: Workspace, tmp_path: Path, fiftyone_database: Path) -> None:
+    import fiftyone as fo
+
+    output = tmp_path / "export"
+    report = export_dataset(workspace, output, ExportOptions(formats=["fiftyone"]))
+    reloaded = fo.Dataset.from_dir(str(output / "fiftyone"), dataset_type=fo.types.FiftyOneDataset)
+    try:
+        pairs = dict(zip(reloaded.values("fercurate_id"), reloaded.values("split")))
+        assert pairs == dict(zip(report.rows["id"], report.rows["split"]))
+        assert len(reloaded.match_tags("test")) == int((report.rows["split"] == "test").sum())
+        assert all(Path(path).is_file() and str(output) in path for path in reloaded.values("filepath"))
+    finally:
+        reloaded.delete()
+        fo.load_dataset(f"fercurate-{workspace.root.name}").delete()

@@ -1,0 +1,139 @@
+"""The FiftyOne App really shows a synced dataset: served in remote mode and rendered by a headless
+Chromium, the page names the dataset, counts its samples, draws their faces, and each saved view
+opens by its URL with exactly its planted samples.
+
+Chromium is Debian's (``tests/ci_install_browser.sh`` installs it); without one these tests skip.
+Pages are loaded one after another, never at once: every tab of one App session shares its
+state, so a tab that opens a saved view switches the others to it too.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import pytest
+from conftest import fiftyone_database_dir
+from test_fiftyone import Planted, planted_workspace
+
+from fercurate.audit.fiftyone_app import SAVED_VIEWS, AppHandle, launch_app, sync_to_fiftyone
+
+#: Flags that make headless Chromium work in a container, offline (see /work/shared/STACK.md).
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,900")
+#: Virtual-time budgets (ms) to try in turn: without one the page is captured before the App has
+#: drawn anything; a page that is not ready within the first is loaded again with the next.
+BUDGETS_MS = (10_000, 30_000)
+
+
+def chromium_binary() -> str | None:
+    for candidate in ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def visible_text(dom: str) -> str:
+    """The text a reader sees in a dumped DOM, whitespace collapsed."""
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom))).strip()
+
+
+@dataclass
+class Served:
+    handle: AppHandle
+    planted: Planted
+    chromium: str
+
+    def render(self, url: str, expected: list[str], screenshot: Path | None = None) -> str:
+        """Load ``url`` in headless Chromium; return the page's visible text once every
+        ``expected`` string is in it (trying the longer budget if needed)."""
+        text = ""
+        for budget in BUDGETS_MS:
+            with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+                extra = [f"--screenshot={screenshot}"] if screenshot else []
+                result = subprocess.run(
+                    [self.chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                     f"--virtual-time-budget={budget}", "--dump-dom", *extra, url],
+                    capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, result.stderr[-2000:]
+            text = visible_text(result.stdout)
+            if all(item in text for item in expected):
+                break
+        return text
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The planted demo workspace, synced and served by the App on a free port."""
+    chromium = chromium_binary()
+    if chromium is None:
+        pytest.skip("no Chromium found (apt-get install chromium, or run tests/ci_install_browser.sh)")
+    fiftyone_database_dir(tmp_path_factory)
+    import fiftyone as fo
+
+    planted = planted_workspace(tmp_path_factory.mktemp("app"))
+    name = f"fercurate-test-{uuid.uuid4().hex[:12]}"
+    dataset = sync_to_fiftyone(planted.workspace, planted.audit, name=name)
+    handle = launch_app(dataset, address="127.0.0.1", port=free_port())
+    try:
+        yield Served(handle, planted, chromium)
+    finally:
+        handle.session.close()
+        fo.delete_dataset(name)
+
+
+def count_of(text: str) -> list[int]:
+    """Every "N sample(s)" count the page shows."""
+    return [int(number.replace(",", "")) for number in re.findall(r"(\d[\d,]*) samples?\b", text)]
+
+
+def test_app_shows_the_dataset_its_count_and_its_faces(served: Served, tmp_path: Path) -> None:
+    dataset = served.handle.session.dataset
+    rows = len(served.planted.ids)
+    shot = tmp_path / "app.png"
+    text = served.render(served.handle.dataset_url, [dataset.name, f"{rows} samples"], screenshot=shot)
+
+    assert dataset.name in text
+    assert rows in count_of(text), text[:2000]
+    for field in ("ground_truth", "prediction", "fercurate_id", "label_quality", "near_group"):
+        assert field in text  # the sidebar lists the synced fields
+    labels = set(served.planted.workspace.manifest()["label"].to_pylist())
+    drawn = {label for label in labels if re.search(rf"\b{label}\b", text)}
+    assert drawn == labels  # every sample tile carries its label
+
+    image = cv2.imread(str(shot), cv2.IMREAD_GRAYSCALE)
+    assert image is not None and image.shape == (900, 1400)
+    grid = image[150:850, 320:1380]  # right of the sidebar, below the toolbar
+    assert grid.std() > 20, "the sample grid is blank: the App drew no faces"
+
+
+@pytest.mark.parametrize("view", [view.name for view in SAVED_VIEWS])
+def test_each_saved_view_opens_by_url_with_its_samples(served: Served, view: str) -> None:
+    expected = served.planted.views[view]
+    noun = "sample" if len(expected) == 1 else "samples"
+    text = served.render(served.handle.view_url(view), [view, f"{len(expected)} {noun}"])
+
+    assert view in text  # the saved-view selector names it
+    assert count_of(text) == [len(expected)], text[:2000]
+
+
+def test_launch_refuses_a_port_in_use(served: Served) -> None:
+    with pytest.raises(OSError, match="already in use"):
+        launch_app(served.handle.session.dataset, port=served.handle.session.server_port)
