@@ -186,6 +186,8 @@ def audit(
     blur_variance: Annotated[float, typer.Option(help="Laplacian variance (48x48) below which it is blurry.")] = 100.0,
     demographics: Annotated[Optional[Path], typer.Option(
         help="Sidecar CSV joined by id: id plus gender, age_group, ethnicity.")] = None,
+    estimator: Annotated[Optional[list[str]], typer.Option(
+        help="COLUMN=MODEL.onnx: a local model that fills unknown gender/age_group/ethnicity (repeatable).")] = None,
     fiftyone: Annotated[bool, typer.Option("--fiftyone", help="Sync the workspace and findings into FiftyOne.")] = False,
     app_: Annotated[bool, typer.Option("--app", help="Sync to FiftyOne and open the App (implies --fiftyone).")] = False,
     address: Annotated[str, typer.Option(help="App address.")] = "127.0.0.1",
@@ -202,7 +204,8 @@ def audit(
     try:
         options = AuditOptions(thresholds=QualityThresholds(blank_std=blank_std, blur_variance=blur_variance),
                                detect_faces=faces, near_duplicate_distance=near_distance, label_noise=label_noise,
-                               noise_model=noise_model, folds=folds, seed=seed, demographics=demographics)
+                               noise_model=noise_model, folds=folds, seed=seed, demographics=demographics,
+                               estimators=dict(_pair(item) for item in estimator or []))
         result = _audit_with_progress(space, options, quiet=as_json)
     except (ValueError, WorkspaceLocked) as error:
         errors.print(f"[bold red]error:[/] {error}")
@@ -213,6 +216,14 @@ def audit(
         print(json.dumps({**result.summary, "report": str(result.directory / "report.md")}, indent=2, default=str))
         return
     _render_audit(result)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` as a pair, or a ValueError that shows the expected form."""
+    key, separator, value = text.partition("=")
+    if not separator or not key or not value:
+        raise ValueError(f"expected COLUMN=PATH, got {text!r}")
+    return key.strip(), value.strip()
 
 
 def _audit_with_progress(space: Workspace, options: AuditOptions, quiet: bool) -> AuditResult:

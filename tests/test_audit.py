@@ -113,3 +113,38 @@ def test_cli_audit_json(planted: Workspace) -> None:
 def test_cli_audit_on_an_empty_workspace_says_what_to_do(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["audit", "-w", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "fercurate ingest" in result.output
+
+
+def brightness_model(path: Path) -> Path:
+    """A tiny ONNX 'estimator': class 0 when the face is bright, class 1 when dark (classes in a sidecar)."""
+    import torch
+
+    class Brightness(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            mean = x.mean(dim=(1, 2, 3))
+            return torch.stack([(mean - 0.5) * 40, (0.5 - mean) * 40], dim=1)
+
+    torch.onnx.export(Brightness(), (torch.zeros(2, 1, 48, 48),), str(path), input_names=["x"],
+                      dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    path.with_name(path.name + ".json").write_text(json.dumps({"classes": ["bright", "dark"]}))
+    return path
+
+
+def test_a_plugged_in_estimator_fills_only_unknown_values(tmp_path: Path) -> None:
+    rows = [("0", pixel_string(np.full((48, 48), value, np.uint8)), "Training") for value in (230, 20, 128)]
+    space = Workspace(tmp_path / "ws")
+    space.ingest(open_source("fer2013", write_fer2013_csv(tmp_path / "fer2013.csv", rows)))
+    sidecar = tmp_path / "people.csv"
+    sidecar.write_text("id,ethnicity\nfer2013/Training/00000,given\n")
+    model = brightness_model(tmp_path / "tone.onnx")
+    result = audit_workspace(space, AuditOptions(
+        label_noise=False, detect_faces=False, demographics=sidecar, estimator_min_confidence=0.9,
+        estimators={"ethnicity": model}))
+    values = {row["id"]: (row["ethnicity"], row["ethnicity_source"]) for row in space.manifest().to_pylist()}
+    assert values == {
+        "fer2013/Training/00000": ("given", "user-sidecar"),                # a user's value is never replaced
+        "fer2013/Training/00001": ("dark", "estimated:tone.onnx"),
+        "fer2013/Training/00002": ("unknown", "unknown"),                   # 50/50: below the confidence bar
+    }
+    assert result.summary["demographics_estimated"] == {
+        "ethnicity": {"unknown_before": 2, "estimated": 1, "left_unknown_low_confidence": 1}}

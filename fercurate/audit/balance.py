@@ -88,7 +88,13 @@ def attach_demographics(manifest: pa.Table, sidecar: Path) -> tuple[pa.Table, di
             else:
                 values.append(old)
                 sources.append(old_source)
-        for name, data in ((column, values), (f"{column}_source", sources)):
-            index = manifest.schema.get_field_index(name)
-            manifest = manifest.set_column(index, manifest.schema.field(index), pa.array(data, pa.string()))
+        manifest = with_demographic(manifest, column, values, sources)
     return manifest, {"matched": int(matched.sum()), "unmatched": int((~matched).sum())}
+
+
+def with_demographic(manifest: pa.Table, column: str, values: list[str], sources: list[str]) -> pa.Table:
+    """The manifest with one demographic column and its provenance column replaced."""
+    for name, data in ((column, values), (f"{column}_source", sources)):
+        index = manifest.schema.get_field_index(name)
+        manifest = manifest.set_column(index, manifest.schema.field(index), pa.array(data, pa.string()))
+    return manifest

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 
 from fercurate.audit.balance import attach_demographics, balance_tables, split_of
 from fercurate.audit.duplicates import find_duplicates
+from fercurate.audit.estimators import estimate_demographic
 from fercurate.audit.label_noise import NOISE_MODELS, ferplus_agreement, find_label_issues, image_features
 from fercurate.audit.quality import QualityThresholds, measure_images, quality_flags
 from fercurate.workspace import Workspace
@@ -46,6 +47,9 @@ class AuditOptions(BaseModel):
     seed: int = 0
     embedding_dimensions: int = Field(128, ge=2)
     demographics: Path | None = Field(None, description="a sidecar CSV: id plus gender/age_group/ethnicity")
+    estimators: dict[str, Path] = Field(
+        default_factory=dict, description="demographic column -> local ONNX model that fills unknown values")
+    estimator_min_confidence: float = Field(0.0, ge=0, le=1, description="below it a value stays unknown")
 
 
 @dataclass
@@ -82,6 +86,10 @@ def audit_workspace(workspace: Workspace, options: AuditOptions | None = None,
         sidecar = None
         if options.demographics is not None:
             manifest, sidecar = attach_demographics(manifest, options.demographics)
+        estimated = {}
+        for column, model in options.estimators.items():
+            manifest, estimated[column] = estimate_demographic(manifest, workspace.root, column, model,
+                                                               options.estimator_min_confidence)
         rows = manifest.drop_columns(["landmarks", "action_units"]).to_pandas()
         balance = balance_tables(rows)
         lap("balance")
@@ -125,7 +133,8 @@ def audit_workspace(workspace: Workspace, options: AuditOptions | None = None,
         lap("label noise")
 
         workspace.write_manifest(_with_quality_columns(manifest, audit_rows, options.detect_faces))
-        result = _assemble(audit_rows, duplicates.groups, balance, embeddings, noise_summary, sidecar, options)
+        result = _assemble(audit_rows, duplicates.groups, balance, embeddings, noise_summary,
+                           {"sidecar": sidecar, "estimated": estimated}, options)
         result.seconds = seconds
         result.directory = _write_outputs(workspace, result)
         lap("write")
@@ -149,7 +158,7 @@ def _with_quality_columns(manifest: pa.Table, audit_rows: pd.DataFrame, faces_me
 
 
 def _assemble(audit_rows: pd.DataFrame, groups: pd.DataFrame, balance: dict[str, Any], embeddings: np.ndarray,
-              noise: dict[str, Any], sidecar: dict[str, int] | None, options: AuditOptions) -> AuditResult:
+              noise: dict[str, Any], demographics: dict[str, Any], options: AuditOptions) -> AuditResult:
     if noise["ran"]:
         issues = (audit_rows[audit_rows["label_issue"]]
                   .sort_values("label_quality")[["id", "source", "split", "label", "predicted_label",
@@ -181,7 +190,8 @@ def _assemble(audit_rows: pd.DataFrame, groups: pd.DataFrame, balance: dict[str,
             "max_distance": options.near_duplicate_distance,
         },
         "label_noise": noise,
-        "demographics_sidecar": sidecar,
+        "demographics_sidecar": demographics["sidecar"],
+        "demographics_estimated": demographics["estimated"],
     }
     return AuditResult(audit_rows, groups, issues, balance, summary, embeddings)
 
