@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -17,7 +18,10 @@ from rich.table import Table
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from rich.progress import Progress, TaskID
+
     from fercurate.audit.run import AuditOptions, AuditResult
+    from fercurate.train.loop import TrainProgress
     from fercurate.workspace import IngestReport, Workspace
 
 app = typer.Typer(
@@ -372,6 +376,139 @@ def app_command(
         errors.print(f"[bold red]error:[/] {space.root} holds no rows: run `fercurate ingest` first")
         raise typer.Exit(2)
     _sync_fiftyone(space, open_app=True, address=address, port=port, quiet=False)
+
+
+def _training_progress() -> tuple[Progress, Callable[[str, TrainProgress], None]]:
+    """A rich progress bar over training steps, showing loss and validation scores."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=errors, transient=True)
+    tasks: dict[str, TaskID] = {}
+
+    def update(name: str, event: TrainProgress) -> None:
+        if name not in tasks:
+            tasks[name] = bar.add_task(name, total=event.steps_total, status="")
+        status = f"epoch {event.epoch}/{event.epochs} loss {event.loss or 0:.3f} "
+        if event.val_accuracy is not None:
+            status += f"val acc {event.val_accuracy:.3f} F1 {event.val_macro_f1 or 0:.3f} "
+        bar.update(tasks[name], completed=event.step, total=event.steps_total,
+                   status=status + f"{event.images_per_s:.0f} img/s")
+
+    return bar, update
+
+
+@app.command(name="train")
+def train_command(
+    output: Annotated[Path, typer.Argument(help="Run folder: checkpoints, metrics.json, confusion.png, model.onnx.")],
+    workspace: WorkspaceOption = None,
+    model: Annotated[str, typer.Option(help="vgg (compact VGG, the strong baseline) or mobilenet_v2.")] = "vgg",
+    epochs: Annotated[int, typer.Option(help="Epochs (the schedule shrinks to fit --max-minutes).")] = 40,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Time budget; the best model so far is kept.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Default 64 on CPU, 256 on a GPU.")] = None,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="adamw or sgd.")] = "adamw",
+    schedule: Annotated[str, typer.Option(help="onecycle or cosine.")] = "onecycle",
+    class_weights: Annotated[bool, typer.Option(help="Weight the loss by inverse class frequency.")] = False,
+    balanced_sampler: Annotated[bool, typer.Option(help="Draw every class equally often.")] = False,
+    split_strategy: Annotated[str, typer.Option(help="official (FER2013's splits) or grouped.")] = "official",
+    sources: Annotated[Optional[str], typer.Option(help="Train and test on these sources only.")] = None,
+    balance: Annotated[Optional[str], typer.Option(help="Rebalance the training split (see export).")] = None,
+    tta: Annotated[bool, typer.Option(help="Test-time flip averaging.")] = False,
+    onnx: Annotated[bool, typer.Option(help="Export model.onnx and check it against PyTorch.")] = True,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUTPUT from its last checkpoint.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Train the reference classifier on the workspace's train split, select on validation, test once."""
+    from fercurate.splits import SplitOptions
+    from fercurate.train.loop import TrainConfig
+    from fercurate.train.runs import train_on_workspace
+    from fercurate.workspace import Workspace
+
+    space = Workspace(workspace)
+    try:
+        config = TrainConfig(model=model, epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr,
+                             optimizer=optimizer, schedule=schedule, class_weights=class_weights,
+                             balanced_sampler=balanced_sampler, device=device, seed=seed)
+        bar, update = _training_progress()
+        with bar:
+            summary = train_on_workspace(
+                space, config, output, SplitOptions(strategy=split_strategy, seed=seed),
+                [name.strip() for name in sources.split(",")] if sources else None, balance, resume, tta, onnx,
+                progress=None if as_json else (lambda event: update(model, event)))
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        errors.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    training, test = summary["training"], summary["test"]
+    console.print(f"{model}: {training['steps']} steps ({training['epochs']:.1f} epochs) in {training['seconds']:.0f} s "
+                  f"on {training['device']}, {training['images_per_s']:.0f} images/s, "
+                  f"{training['data_wait_share']:.0%} waiting for data; stopped: {training['stopped_by']}")
+    if test:
+        _render_metrics(test, "test split")
+    console.print(f"run folder: {output}")
+
+
+def _render_metrics(metrics: dict[str, Any], title: str) -> None:
+    table = Table(title=f"{title}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, "
+                        f"balanced accuracy {metrics['balanced_accuracy']:.3f}, ECE {metrics['ece']:.3f}",
+                  title_justify="left")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, scores in metrics["per_class"].items():
+        table.add_row(name, f"{scores['precision']:.3f}", f"{scores['recall']:.3f}", f"{scores['f1']:.3f}",
+                      str(scores["support"]))
+    console.print(table)
+
+
+@app.command()
+def benchmark(
+    output: Annotated[Path, typer.Argument(help="Folder for benchmark.md/.html/.json, plots and runs.")],
+    workspace: WorkspaceOption = None,
+    model: Annotated[str, typer.Option(help="vgg or mobilenet_v2.")] = "vgg",
+    minutes: Annotated[float, typer.Option(help="Time budget per training set.")] = 10.0,
+    epochs: Annotated[int, typer.Option(help="Epochs per training set (shrunk to fit the budget).")] = 40,
+    arms: Annotated[str, typer.Option(help="Training sets: original, class-weighted, balanced-sampler, "
+                                           "rebalanced.")] = "original,class-weighted,rebalanced",
+    rebalance: Annotated[str, typer.Option(help="Target of the rebalanced set (uniform:N, cap:N, ...).")] = "cap:4000",
+    train_source: Annotated[str, typer.Option(help="Source trained on; the others are cross-dataset tests.")] = "fer2013",
+    tta: Annotated[bool, typer.Option(help="Test-time flip averaging.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed shared by every training set.")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Train the same model on several training sets and test each on FER2013, CK+, JAFFE and occlusion."""
+    from fercurate.train.loop import TrainConfig
+    from fercurate.train.runs import BenchmarkConfig, benchmark_table, run_benchmark
+    from fercurate.workspace import Workspace
+
+    try:
+        config = BenchmarkConfig(train=TrainConfig(model=model, epochs=epochs, max_minutes=minutes, device=device,
+                                                   seed=seed),
+                                 arms=[name.strip() for name in arms.split(",")], rebalance_target=rebalance,
+                                 train_source=train_source, tta_flip=tta)
+        bar, update = _training_progress()
+        with bar:
+            report = run_benchmark(Workspace(workspace), config, output, progress=None if as_json else update)
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        errors.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    table = benchmark_table(report)
+    view = Table(title=f"benchmark ({model}, {minutes:g} min per training set)", title_justify="left")
+    columns = ["training set", "test set", "accuracy", "macro-F1", "recall disgust"]
+    for column in columns:
+        view.add_column(column, justify="left" if column in ("training set", "test set") else "right")
+    for record in table.to_dict("records"):
+        view.add_row(*(str(record.get(column, "-")) for column in columns))
+    console.print(view)
+    console.print(f"report: {output / 'benchmark.html'}")
 
 
 def main_entry() -> None:
