@@ -298,7 +298,7 @@ def run(
     as_json: JsonOption = False,
 ) -> None:
     """Run a pipeline from a YAML recipe: its steps (ingest, audit) in order on its workspace."""
-    from fercurate.audit.run import AuditOptions, AuditResult
+    from fercurate.audit.run import AuditResult
     from fercurate.recipes import AuditStep, IngestStep, RecipeError, load_recipe
     from fercurate.sources import SourceError
     from fercurate.workspace import Workspace, WorkspaceLocked
@@ -321,8 +321,7 @@ def run(
                     _render_report(space, report)
             else:
                 assert isinstance(step, AuditStep)
-                result: AuditResult = _audit_with_progress(
-                    space, AuditOptions.model_validate(step.model_dump(exclude={"kind", "fiftyone"})), quiet=as_json)
+                result: AuditResult = _audit_with_progress(space, step.audit_options(), quiet=as_json)
                 outputs.append({"step": number, "kind": "audit", **result.summary})
                 if step.fiftyone:
                     _sync_fiftyone(space, open_app=False, address="127.0.0.1", port=5151, quiet=as_json)

@@ -2,8 +2,11 @@
 
 Everything the command line does is importable from here::
 
-    from fercurate import Workspace, open_source
-    report = Workspace("ws").ingest(open_source("fer2013", "fer2013.csv"))
+    from fercurate import Workspace, audit_workspace, export_dataset, open_source
+    workspace = Workspace("ws")
+    workspace.ingest(open_source("fer2013", "fer2013.csv"))
+    audit_workspace(workspace)
+    export_dataset(workspace, "out")
 
 Names are loaded on first use, so importing fercurate stays cheap.
 """
@@ -33,6 +36,28 @@ _EXPORTS = {
     "Workspace": "fercurate.workspace",
     "WorkspaceLocked": "fercurate.workspace",
     "IngestReport": "fercurate.workspace",
+    "AuditOptions": "fercurate.audit.run",
+    "AuditResult": "fercurate.audit.run",
+    "audit_workspace": "fercurate.audit.run",
+    "sync_to_fiftyone": "fercurate.audit.fiftyone_app",
+    "sync_audit_to_fiftyone": "fercurate.audit.fiftyone_app",
+    "launch_app": "fercurate.audit.fiftyone_app",
+    "SplitOptions": "fercurate.splits",
+    "assign_splits": "fercurate.splits",
+    "leakage_groups": "fercurate.splits",
+    "leakage_violations": "fercurate.splits",
+    "subject_folds": "fercurate.splits",
+    "balanced_selection": "fercurate.splits",
+    "ExportOptions": "fercurate.export",
+    "export_dataset": "fercurate.export",
+    "TrainConfig": "fercurate.train",
+    "train": "fercurate.train",
+    "evaluate": "fercurate.train",
+    "train_on_workspace": "fercurate.train.runs",
+    "BenchmarkConfig": "fercurate.train.runs",
+    "run_benchmark": "fercurate.train.runs",
+    "load_recipe": "fercurate.recipes",
+    "run_step": "fercurate.recipes",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -53,6 +53,10 @@ class AuditStep(AuditOptions):
     kind: Literal["audit"] = "audit"
     fiftyone: bool = False
 
+    def audit_options(self) -> AuditOptions:
+        """The audit's own options, without the step's."""
+        return AuditOptions.model_validate(self.model_dump(exclude={"kind", "fiftyone"}))
+
 
 Step = IngestStep | AuditStep
 
@@ -109,5 +113,9 @@ def run_step(step: Step, workspace: Workspace, **progress: Any) -> IngestReport 
     """Run one step on the workspace (``progress`` is passed to the stage's own function)."""
     if isinstance(step, IngestStep):
         return workspace.ingest(step.reader(workspace), **progress)
-    return audit_workspace(workspace, AuditOptions.model_validate(step.model_dump(exclude={"kind", "fiftyone"})),
-                           **progress)
+    result = audit_workspace(workspace, step.audit_options(), **progress)
+    if step.fiftyone:
+        from fercurate.audit.fiftyone_app import sync_audit_to_fiftyone
+
+        sync_audit_to_fiftyone(workspace)
+    return result
