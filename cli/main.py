@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -42,6 +42,12 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 SOURCE_HELP = """Source format: demo (the embedded demo faces, the default), fer2013 (fer2013.csv or the
 image-folder release, folder or .tar.gz), ferplus (fer2013new.csv or FER+'s data folder, joined onto
 ingested fer2013.csv rows), ckplus (the original distribution or CK+48), jaffe, imagefolder, hub."""
+
+
+def _fail(error: Exception | str) -> NoReturn:
+    """Print an error a person can act on (no traceback) and exit with status 2."""
+    errors.print(f"[bold red]error:[/] {error}")
+    raise typer.Exit(2)
 
 
 @app.callback()
@@ -85,8 +91,7 @@ def ingest(
             reader = open_source(source, path, **options)
         report = _ingest_with_progress(space, reader, quiet=as_json)
     except (SourceError, WorkspaceLocked) as error:
-        errors.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
+        _fail(error)
     if as_json:
         print(json.dumps({**report.to_dict(), "workspace": str(space.root),
                           "rows_by_split_and_label": _nested_counts(report.rows),
@@ -212,8 +217,7 @@ def audit(
                                estimators=dict(_pair(item) for item in estimator or []))
         result = _audit_with_progress(space, options, quiet=as_json)
     except (ValueError, WorkspaceLocked) as error:
-        errors.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
+        _fail(error)
     if fiftyone or app_:
         _sync_fiftyone(space, open_app=app_, address=address, port=port, quiet=as_json)
     if as_json:
@@ -306,8 +310,7 @@ def run(
     try:
         plan = load_recipe(recipe)
     except RecipeError as error:
-        errors.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
+        _fail(error)
     space = Workspace(workspace or plan.workspace)
     outputs = []
     for number, step in enumerate(plan.steps, start=1):
@@ -328,8 +331,7 @@ def run(
                 if not as_json:
                     _render_audit(result)
         except (SourceError, WorkspaceLocked, ValueError) as error:
-            errors.print(f"[bold red]error in step {number} ({step.kind}):[/] {error}")
-            raise typer.Exit(2) from None
+            _fail(f"step {number} ({step.kind}): {error}")
     if as_json:
         print(json.dumps({"workspace": str(space.root), "steps": outputs}, indent=2, default=str))
 
@@ -342,8 +344,7 @@ def _sync_fiftyone(space: Workspace, open_app: bool, address: str, port: int, qu
         with errors.status("syncing to FiftyOne"):
             dataset = sync_audit_to_fiftyone(space)
     except RuntimeError as error:
-        errors.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
+        _fail(error)
     views = ", ".join(dataset.list_saved_views())
     if not quiet:
         console.print(f"FiftyOne dataset [bold]{dataset.name}[/]: {len(dataset)} samples; saved views: {views}")
@@ -352,8 +353,7 @@ def _sync_fiftyone(space: Workspace, open_app: bool, address: str, port: int, qu
     try:
         handle = launch_app(dataset, address=address, port=port)
     except (RuntimeError, OSError) as error:
-        errors.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
+        _fail(error)
     errors.print(f"FiftyOne App: [bold]{handle.dataset_url}[/] (Ctrl-C to stop)")
     try:
         handle.session.wait()
@@ -372,8 +372,7 @@ def app_command(
 
     space = Workspace(workspace)
     if not space.manifest_path.exists():
-        errors.print(f"[bold red]error:[/] {space.root} holds no rows: run `fercurate ingest` first")
-        raise typer.Exit(2)
+        _fail(f"{space.root} holds no rows: run `fercurate ingest` first")
     _sync_fiftyone(space, open_app=True, address=address, port=port, quiet=False)
 
 
@@ -438,8 +437,7 @@ def train_command(
                 [name.strip() for name in sources.split(",")] if sources else None, balance, resume, tta, onnx,
                 progress=None if as_json else (lambda event: update(model, event)))
     except (ValueError, FileExistsError, FileNotFoundError) as error:
-        errors.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
+        _fail(error)
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return
@@ -494,8 +492,7 @@ def benchmark(
         with bar:
             report = run_benchmark(Workspace(workspace), config, output, progress=None if as_json else update)
     except (ValueError, FileExistsError, FileNotFoundError) as error:
-        errors.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
+        _fail(error)
     if as_json:
         print(json.dumps(report, indent=2, default=str))
         return
@@ -553,8 +550,7 @@ def export(
         with errors.status("exporting") as status:
             report = export_dataset(space, output, options, progress=lambda name: status.update(f"writing {name}"))
     except (ExportError, WorkspaceLocked, ValueError) as error:
-        errors.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
+        _fail(error)
     summary = report.to_dict()
     if as_json:
         print(json.dumps(summary, indent=2, default=str))

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from fercurate.audit.fiftyone_app import prepare_fiftyone_database
+from fercurate.sources import Source
+from fercurate.workspace import Workspace
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -34,6 +37,19 @@ def write_fer2013_csv(path: Path, rows: Sequence[tuple[str, str, str]],
 
 def pixel_string(pixels: np.ndarray) -> str:
     return " ".join(map(str, pixels.ravel().tolist()))
+
+
+def ingest_rows(tmp_path: Path, source: Source) -> tuple[Workspace, dict[str, dict[str, Any]]]:
+    """Ingest ``source`` into a fresh workspace; return it and its rows by id."""
+    workspace = Workspace(tmp_path / "ws")
+    workspace.ingest(source, workers=2)
+    return workspace, {row["id"]: row for row in workspace.manifest().to_pylist()}
+
+
+def skip_pairs(workspace: Workspace) -> list[tuple[str, str]]:
+    """The workspace's recorded skips as sorted (location, reason) pairs."""
+    table = workspace.skips()
+    return sorted(zip(table["location"].to_pylist(), table["reason"].to_pylist()))
 
 
 @pytest.fixture

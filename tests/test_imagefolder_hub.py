@@ -9,20 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ingest_rows, skip_pairs
+
 from fercurate.sources import HubDataset, ImageFolder, SourceError, open_source
 from fercurate.sources.imagefolder import parse_label_map
 from fercurate.workspace import Workspace
 
 
-def _ingest(tmp_path: Path, source) -> tuple[Workspace, dict[str, dict]]:
-    workspace = Workspace(tmp_path / "ws")
-    workspace.ingest(source, workers=2)
-    return workspace, {row["id"]: row for row in workspace.manifest().to_pylist()}
-
-
-def _skips(workspace: Workspace) -> list[tuple[str, str]]:
-    table = workspace.skips()
-    return sorted(zip(table["location"].to_pylist(), table["reason"].to_pylist()))
 
 
 def _stored(workspace: Workspace, row: dict) -> np.ndarray:
@@ -55,7 +48,7 @@ def test_imagefolder(tmp_path: Path, faces) -> None:
     root, written = faces
     source = ImageFolder(root)
     assert source.options() == {"label_map": {}, "collection": "faces"}
-    workspace, rows = _ingest(tmp_path, source)
+    workspace, rows = ingest_rows(tmp_path, source)
     assert {row_id: (row["label"], row["native_label"], row["source_split"], row["origin"])
             for row_id, row in rows.items()} == {
         "imagefolder/faces/train/happy/a": ("happiness", "happy", "train", "train/happy/a.png"),
@@ -67,26 +60,26 @@ def test_imagefolder(tmp_path: Path, faces) -> None:
     np.testing.assert_array_equal(_stored(workspace, happy), written["train/happy/a"])
     angry = rows["imagefolder/faces/test/Angry/b"]
     assert (angry["width"], angry["height"], angry["channels"]) == (16, 16, 1)
-    assert _skips(workspace) == [("misc/selfie/c.png", "unknown class folder")]
+    assert skip_pairs(workspace) == [("misc/selfie/c.png", "unknown class folder")]
 
 
 def test_imagefolder_label_map(tmp_path: Path, faces) -> None:
     root, written = faces
     source = open_source("imagefolder", root, label_map="selfie=neutral", collection="mine")
     assert source.options() == {"label_map": {"selfie": "neutral"}, "collection": "mine"}
-    workspace, rows = _ingest(tmp_path, source)
+    workspace, rows = ingest_rows(tmp_path, source)
     assert sorted(rows) == ["imagefolder/mine/misc/selfie/c", "imagefolder/mine/test/Angry/b",
                             "imagefolder/mine/train/happy/a"]
     selfie = rows["imagefolder/mine/misc/selfie/c"]
     assert (selfie["label"], selfie["native_label"], selfie["source_split"]) == ("neutral", "selfie", None)
     assert (selfie["width"], selfie["height"], selfie["channels"]) == (10, 12, 3)
     np.testing.assert_array_equal(_stored(workspace, selfie), written["misc/selfie/c"])
-    assert _skips(workspace) == []
+    assert skip_pairs(workspace) == []
 
 
 def test_label_map_overrides_synonyms(tmp_path: Path, faces) -> None:
     root, _ = faces
-    _, rows = _ingest(tmp_path, ImageFolder(root, label_map={"happy": "contempt", "selfie": "fear"}))
+    _, rows = ingest_rows(tmp_path, ImageFolder(root, label_map={"happy": "contempt", "selfie": "fear"}))
     assert {row_id: row["label"] for row_id, row in rows.items()} == {
         "imagefolder/faces/train/happy/a": "contempt",
         "imagefolder/faces/test/Angry/b": "anger",
@@ -113,9 +106,9 @@ def test_bad_label_map_raises(faces) -> None:
 def test_corrupt_image_skipped(tmp_path: Path, faces) -> None:
     root, _ = faces
     (root / "train" / "happy" / "broken.png").write_bytes(np.random.default_rng(7).bytes(200))
-    workspace, rows = _ingest(tmp_path, ImageFolder(root))
+    workspace, rows = ingest_rows(tmp_path, ImageFolder(root))
     assert sorted(rows) == ["imagefolder/faces/test/Angry/b", "imagefolder/faces/train/happy/a"]
-    assert _skips(workspace) == [("misc/selfie/c.png", "unknown class folder"),
+    assert skip_pairs(workspace) == [("misc/selfie/c.png", "unknown class folder"),
                                  ("train/happy/broken.png", "unreadable image")]
 
 
@@ -124,7 +117,7 @@ def test_imagefolder_archive(tmp_path: Path, faces) -> None:
     archive = tmp_path / "faces.v2.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(root, arcname="faces")
-    workspace, rows = _ingest(tmp_path, ImageFolder(archive))
+    workspace, rows = ingest_rows(tmp_path, ImageFolder(archive))
     assert sorted(rows) == ["imagefolder/faces/faces/test/Angry/b", "imagefolder/faces/faces/train/happy/a"]
     assert rows["imagefolder/faces/faces/train/happy/a"]["source_split"] == "train"
     np.testing.assert_array_equal(_stored(workspace, rows["imagefolder/faces/faces/train/happy/a"]),
@@ -190,7 +183,7 @@ def test_hub_dataset_dict(tmp_path: Path, saved_dict) -> None:
     assert source.options() == {"splits": ["train", "test"], "image_column": "image",
                                 "label_column": "label", "label_map": {}}
     assert source.size_hint() == 9
-    workspace, rows = _ingest(tmp_path, source)
+    workspace, rows = ingest_rows(tmp_path, source)
     assert len(rows) == 5 + 2
     assert _by_index(rows, "hub:local/fer-hub/train/") == _expected("train", TRAIN_LABELS)
     assert _by_index(rows, "hub:local/fer-hub/test/") == _expected("test", TEST_LABELS)
@@ -202,28 +195,28 @@ def test_hub_dataset_dict(tmp_path: Path, saved_dict) -> None:
             if row is not None:
                 assert row["channels"] == (3 if split == "test" else 1)
                 np.testing.assert_array_equal(_stored(workspace, row), array)
-    assert _skips(workspace) == [("test[0]", "unknown class"), ("train[4]", "unknown class")]
+    assert skip_pairs(workspace) == [("test[0]", "unknown class"), ("train[4]", "unknown class")]
 
 
 def test_hub_label_map(tmp_path: Path, saved_dict) -> None:
     path, _ = saved_dict
-    workspace, rows = _ingest(tmp_path, open_source("hub", path, label_map="weird=fear,calm=contempt"))
+    workspace, rows = ingest_rows(tmp_path, open_source("hub", path, label_map="weird=fear,calm=contempt"))
     labels = {**CANONICAL, 3: "contempt", 4: "fear"}
     assert _by_index(rows, "hub:local/fer-hub/train/") == _expected("train", TRAIN_LABELS, labels)
     assert _by_index(rows, "hub:local/fer-hub/test/") == _expected("test", TEST_LABELS, labels)
     assert len(rows) == 9
-    assert _skips(workspace) == []
+    assert skip_pairs(workspace) == []
 
 
 def test_hub_split(tmp_path: Path, saved_dict) -> None:
     path, pixels = saved_dict
     source = open_source("hub", path, split="test")
     assert source.options()["splits"] == ["test"]
-    workspace, rows = _ingest(tmp_path, source)
+    workspace, rows = ingest_rows(tmp_path, source)
     assert sorted(rows) == ["hub:local/fer-hub/test/000001", "hub:local/fer-hub/test/000002"]
     assert _by_index(rows, "hub:local/fer-hub/test/") == _expected("test", TEST_LABELS)
     np.testing.assert_array_equal(_stored(workspace, rows["hub:local/fer-hub/test/000002"]), pixels["test"][2])
-    assert _skips(workspace) == [("test[0]", "unknown class")]
+    assert skip_pairs(workspace) == [("test[0]", "unknown class")]
     with pytest.raises(SourceError, match="has no split 'validation'"):
         HubDataset(path, split="validation")
 
@@ -232,18 +225,18 @@ def test_hub_plain_dataset(hf, tmp_path: Path) -> None:
     dataset, pixels = _split(hf, 3, [2, 4, 0])
     path = tmp_path / "single"
     dataset.save_to_disk(str(path))
-    workspace, rows = _ingest(tmp_path, HubDataset(path))
+    workspace, rows = ingest_rows(tmp_path, HubDataset(path))
     assert _by_index(rows, "hub:local/single/train/") == {"000000": ("anger", "angry", "train"),
                                                           "000002": ("happiness", "happy", "train")}
     np.testing.assert_array_equal(_stored(workspace, rows["hub:local/single/train/000002"]), pixels[2])
-    assert _skips(workspace) == [("train[1]", "unknown class")]
+    assert skip_pairs(workspace) == [("train[1]", "unknown class")]
 
 
 def test_hub_parquet(hf, tmp_path: Path) -> None:
     dataset, pixels = _split(hf, 4, [1, 3, 4, 0])
     path = tmp_path / "exported.parquet"
     dataset.to_parquet(str(path))
-    workspace, rows = _ingest(tmp_path, HubDataset(path))
+    workspace, rows = ingest_rows(tmp_path, HubDataset(path))
     assert {row["source"] for row in rows.values()} == {"hub:local/exported"}
     assert _by_index(rows, "hub:local/exported/train/") == {"000000": ("sadness", "sad", "train"),
                                                             "000001": ("neutral", "calm", "train"),
@@ -251,7 +244,7 @@ def test_hub_parquet(hf, tmp_path: Path) -> None:
     for index in (0, 1, 3):
         np.testing.assert_array_equal(_stored(workspace, rows[f"hub:local/exported/train/{index:06d}"]),
                                       pixels[index])
-    assert _skips(workspace) == [("train[2]", "unknown class")]
+    assert skip_pairs(workspace) == [("train[2]", "unknown class")]
 
 
 def test_hub_missing_labels_and_images(hf, tmp_path: Path) -> None:
@@ -263,9 +256,9 @@ def test_hub_missing_labels_and_images(hf, tmp_path: Path) -> None:
     dataset = hf.Dataset.from_dict({"image": images, "label": [0, -1, 1, None]}, features=features)
     path = tmp_path / "gaps"
     dataset.save_to_disk(str(path))
-    workspace, rows = _ingest(tmp_path, HubDataset(path))
+    workspace, rows = ingest_rows(tmp_path, HubDataset(path))
     assert _by_index(rows, "hub:local/gaps/train/") == {"000000": ("happiness", "happy", "train")}
-    assert _skips(workspace) == [("train[1]", "missing label"), ("train[2]", "missing image"),
+    assert skip_pairs(workspace) == [("train[1]", "missing label"), ("train[2]", "missing image"),
                                  ("train[3]", "missing label")]
 
 
@@ -291,11 +284,11 @@ def test_hub_named_columns(hf, tmp_path: Path) -> None:
         features=hf.Features({"photo": hf.Image(), "emotion": hf.Value("string")}))
     path = tmp_path / "named"
     dataset.save_to_disk(str(path))
-    workspace, rows = _ingest(tmp_path, HubDataset(path, label_column="emotion"))
+    workspace, rows = ingest_rows(tmp_path, HubDataset(path, label_column="emotion"))
     assert _by_index(rows, "hub:local/named/train/") == {"000000": ("surprise", "Surprised", "train"),
                                                          "000002": ("fear", "fearful", "train")}
     np.testing.assert_array_equal(_stored(workspace, rows["hub:local/named/train/000002"]), pixels[2])
-    assert _skips(workspace) == [("train[1]", "unknown class")]
+    assert skip_pairs(workspace) == [("train[1]", "unknown class")]
 
 
 def test_hub_images_by_path(hf, tmp_path: Path) -> None:
@@ -309,10 +302,10 @@ def test_hub_images_by_path(hf, tmp_path: Path) -> None:
     path = tmp_path / "by-path.parquet"
     dataset.to_parquet(str(path))  # keeps the paths (save_to_disk would embed the bytes)
     gone.unlink()
-    workspace, rows = _ingest(tmp_path, HubDataset(path))
+    workspace, rows = ingest_rows(tmp_path, HubDataset(path))
     assert _by_index(rows, "hub:local/by-path/train/") == {"000000": ("sadness", "sad", "train")}
     np.testing.assert_array_equal(_stored(workspace, rows["hub:local/by-path/train/000000"]), pixels)
-    assert _skips(workspace) == [("train[1]", "unreadable image")]
+    assert skip_pairs(workspace) == [("train[1]", "unreadable image")]
 
 
 def test_hub_parquet_snapshot_splits(hf, tmp_path: Path) -> None:
@@ -327,10 +320,10 @@ def test_hub_parquet_snapshot_splits(hf, tmp_path: Path) -> None:
     test.to_parquet(str(snapshot / "data" / "test-00000-of-00001.parquet"))
     source = HubDataset(snapshot)
     assert source.options()["splits"] == ["train", "test"]
-    workspace, rows = _ingest(tmp_path, source)
+    workspace, rows = ingest_rows(tmp_path, source)
     assert _by_index(rows, "hub:local/snap/train/") == _expected("train", [0, 1])
     assert _by_index(rows, "hub:local/snap/test/") == _expected("test", [2, 3, 4])
     np.testing.assert_array_equal(_stored(workspace, rows["hub:local/snap/test/000001"]), test_pixels[1])
     np.testing.assert_array_equal(_stored(workspace, rows["hub:local/snap/train/000000"]), train_pixels[0])
-    assert _skips(workspace) == [("test[2]", "unknown class")]
+    assert skip_pairs(workspace) == [("test[2]", "unknown class")]
     assert list(HubDataset(snapshot, split="test").splits) == ["test"]

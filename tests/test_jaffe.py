@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ingest_rows, skip_pairs
+
 from fercurate.sources import Jaffe, SourceError, open_source
 from fercurate.sources.jaffe import read_jaffe_ratings
 from fercurate.workspace import Workspace
@@ -63,20 +65,11 @@ def jaffe(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     return root, pixels
 
 
-def _ingest(tmp_path: Path, source) -> tuple[Workspace, dict[str, dict]]:
-    workspace = Workspace(tmp_path / "ws")
-    workspace.ingest(source, workers=2)
-    return workspace, {row["id"]: row for row in workspace.manifest().to_pylist()}
-
-
-def _skips(workspace: Workspace) -> list[tuple[str, str]]:
-    table = workspace.skips()
-    return sorted(zip(table["location"].to_pylist(), table["reason"].to_pylist()))
 
 
 def test_rows(tmp_path: Path, jaffe) -> None:
     root, _ = jaffe
-    workspace, rows = _ingest(tmp_path, Jaffe(root))
+    workspace, rows = ingest_rows(tmp_path, Jaffe(root))
     assert {row_id: (row["label"], row["native_label"], row["subject_id"], row["origin"])
             for row_id, row in rows.items()} == {
         "jaffe/KA.AN1.39": ("anger", "AN", "KA", "KA.AN1.39.tiff"),
@@ -93,13 +86,13 @@ def test_rows(tmp_path: Path, jaffe) -> None:
         assert (row["ethnicity"], row["ethnicity_source"]) == ("japanese", "dataset-metadata")
         assert (row["age_group"], row["age_group_source"]) == ("unknown", "unknown")
         assert (row["width"], row["height"], row["channels"]) == (SIZE, SIZE, 1)
-    assert _skips(workspace) == [("KA.XX1.1.tiff", "unknown expression code"),
+    assert skip_pairs(workspace) == [("KA.XX1.1.tiff", "unknown expression code"),
                                  ("photo.tiff", "unrecognised file name")]
 
 
 def test_palette_stored_gray(tmp_path: Path, jaffe) -> None:
     root, pixels = jaffe
-    workspace, rows = _ingest(tmp_path, Jaffe(root))
+    workspace, rows = ingest_rows(tmp_path, Jaffe(root))
     for stem, expected in pixels.items():
         stored = cv2.imread(str(workspace.image_path(rows[f"jaffe/{stem}"]["filepath"])), cv2.IMREAD_UNCHANGED)
         assert stored.ndim == 2
@@ -115,7 +108,7 @@ def test_colour_palette_stays_colour(tmp_path: Path) -> None:
     image.putdata(list(range(16)))
     image.putpalette([value for i in range(256) for value in (i, 0, 255 - i)])
     image.save(root / "KA.SA1.33.tiff", format="TIFF")
-    _, rows = _ingest(tmp_path, Jaffe(root))
+    _, rows = ingest_rows(tmp_path, Jaffe(root))
     assert rows["jaffe/KA.SA1.33"]["channels"] == 3
 
 
@@ -125,7 +118,7 @@ def test_ratings(tmp_path: Path, jaffe) -> None:
     ratings.write_text(RATINGS)
     source = open_source("jaffe", root, ratings=ratings)
     assert source.options() == {"ratings": str(ratings)}
-    _, rows = _ingest(tmp_path, source)
+    _, rows = ingest_rows(tmp_path, source)
     votes = {row_id: dict(row["label_votes"]) if row["label_votes"] else None for row_id, row in rows.items()}
     assert votes["jaffe/KA.AN1.39"] == pytest.approx(
         {"happiness": 2.87, "sadness": 2.52, "surprise": 2.10, "anger": 1.97, "disgust": 1.97, "fear": 2.06})
@@ -159,12 +152,12 @@ def test_archive(tmp_path: Path, jaffe) -> None:
     with zipfile.ZipFile(archive, "w") as zipped:
         for path in sorted(root.iterdir()):
             zipped.write(path, f"jaffedbase/{path.name}")
-    workspace, rows = _ingest(tmp_path, Jaffe(archive))
+    workspace, rows = ingest_rows(tmp_path, Jaffe(archive))
     assert sorted(rows) == ["jaffe/KA.AN1.39", "jaffe/KA.NE2.27", "jaffe/KL.HA2.159", "jaffe/KL.SU1.164"]
     assert rows["jaffe/KA.AN1.39"]["origin"] == "jaffedbase/KA.AN1.39.tiff"
     stored = np.asarray(Image.open(io.BytesIO(workspace.image_path(rows["jaffe/KA.AN1.39"]["filepath"]).read_bytes())))
     np.testing.assert_array_equal(stored, pixels["KA.AN1.39"])
-    assert _skips(workspace) == [("jaffedbase/KA.XX1.1.tiff", "unknown expression code"),
+    assert skip_pairs(workspace) == [("jaffedbase/KA.XX1.1.tiff", "unknown expression code"),
                                  ("jaffedbase/photo.tiff", "unrecognised file name")]
 
 
@@ -179,7 +172,7 @@ def test_missing_and_empty(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not JAFFE_SAMPLE.is_dir(), reason=f"real JAFFE sample not present at {JAFFE_SAMPLE}")
 def test_real_sample(tmp_path: Path) -> None:
-    workspace, rows = _ingest(tmp_path, Jaffe(JAFFE_SAMPLE))
+    workspace, rows = ingest_rows(tmp_path, Jaffe(JAFFE_SAMPLE))
     assert len(rows) == 45
     subjects = [row["subject_id"] for row in rows.values()]
     assert {subject: subjects.count(subject) for subject in set(subjects)} == {"KA": 23, "KL": 22}
