@@ -1,0 +1,1 @@
+"""The fercurate command line (installed as the package fercurate_cli)."""
