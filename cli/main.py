@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from fercurate.audit.run import AuditOptions, AuditResult
+    from fercurate.sources import Source
     from fercurate.train.loop import TrainProgress
     from fercurate.workspace import IngestReport, Workspace
 
@@ -101,12 +102,9 @@ def ingest(
     _render_report(space, report)
 
 
-def _ingest_with_progress(space: Workspace, reader: object, quiet: bool) -> IngestReport:
+def _ingest_with_progress(space: Workspace, reader: Source, quiet: bool) -> IngestReport:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from fercurate.sources import Source
-
-    assert isinstance(reader, Source)
     if quiet:
         return space.ingest(reader)
     with Progress(TextColumn("[bold]ingest {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -303,7 +301,7 @@ def run(
 ) -> None:
     """Run a pipeline from a YAML recipe: its steps (ingest, audit) in order on its workspace."""
     from fercurate.audit.run import AuditResult
-    from fercurate.recipes import AuditStep, IngestStep, RecipeError, load_recipe
+    from fercurate.recipes import IngestStep, RecipeError, load_recipe
     from fercurate.sources import SourceError
     from fercurate.workspace import Workspace, WorkspaceLocked
 
@@ -323,7 +321,6 @@ def run(
                 if not as_json:
                     _render_report(space, report)
             else:
-                assert isinstance(step, AuditStep)
                 result: AuditResult = _audit_with_progress(space, step.audit_options(), quiet=as_json)
                 outputs.append({"step": number, "kind": "audit", **result.summary})
                 if step.fiftyone:

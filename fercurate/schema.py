@@ -73,9 +73,6 @@ UNKNOWN = "unknown"
 DEMOGRAPHIC_SOURCES = ("dataset-metadata", "user-sidecar", UNKNOWN)  # plus "estimated:<model>"
 DEMOGRAPHIC_COLUMNS = ("gender", "age_group", "ethnicity")
 
-#: Sources a row may come from (``hub:<repo>`` names a Hugging Face dataset).
-KNOWN_SOURCES = ("fer2013", "ckplus", "jaffe", "imagefolder", "demo", "synthetic")
-
 ROW_SCHEMA = pa.schema(
     [
         # identity and provenance

@@ -314,9 +314,10 @@ class Workspace:
         for row in rows:
             relabel = by_id.pop(row["id"])
             row.update(relabel.fields)
-            original = canonical_label(row["native_label"], SOURCE_LABEL_MAPS.get(row["source"]))
-            if relabel.restore_original_label and original is not None:
-                row.update(label=original, label_source="original")
+            if relabel.restore_original_label:
+                original = canonical_label(row["native_label"], SOURCE_LABEL_MAPS.get(row["source"]))
+                if original is not None:
+                    row.update(label=original, label_source="original")
         for missing in by_id.values():
             report.skips.append(Skip(missing.location, "no matching row",
                                      f"{missing.id} is not in the workspace; ingest its images first"))

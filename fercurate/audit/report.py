@@ -101,7 +101,8 @@ def write_report(workspace: Workspace, result: AuditResult, directory: Path) -> 
     """Write plots, ``report.md`` and ``report.html`` into ``directory``."""
     summary = result.summary
     rows = result.rows
-    filepaths = dict(zip(workspace.manifest()["id"].to_pylist(), workspace.manifest()["filepath"].to_pylist()))
+    manifest = workspace.manifest().select(["id", "filepath"])
+    filepaths = dict(zip(manifest["id"].to_pylist(), manifest["filepath"].to_pylist()))
     plot_class_balance(result.balance["per_split"], directory / "class_balance.png")
     plot_quality(rows, summary["options"]["thresholds"], directory / "quality.png")
 
