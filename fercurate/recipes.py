@@ -17,13 +17,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fercurate.errors import RecipeError
 from fercurate.audit.run import AuditOptions, AuditResult, audit_workspace
 from fercurate.sources import SOURCES, Source, SourceError, open_source
 from fercurate.workspace import IngestReport, Workspace
-
-
-class RecipeError(ValueError):
-    """A recipe cannot be read or one of its steps is invalid."""
 
 
 class IngestStep(BaseModel):

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fercurate.errors import SchemaError
+
 #: Canonical emotions, in FER+'s order. ``label`` holds one of these.
 CANONICAL_LABELS: tuple[str, ...] = (
     "neutral",
@@ -147,10 +149,6 @@ SKIP_SCHEMA = pa.schema(
 
 _SOURCE_PATTERN = r"^(fer2013|ckplus|jaffe|imagefolder|demo|synthetic|hub:.+)$"
 _SHA1_PATTERN = r"^[0-9a-f]{40}$"
-
-
-class SchemaError(ValueError):
-    """A row breaks the unified schema; the message names the rule and the first offending id."""
 
 
 def canonical_label(native: str, source_map: Mapping[str, str] | None = None) -> str | None:

@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fercurate.errors import WorkspaceError, WorkspaceLocked
 from fercurate.schema import (
     COLUMNS,
     ROW_DEFAULTS,
@@ -64,10 +65,6 @@ _IN_FLIGHT = 8  # batches queued ahead of the reader, bounding memory
 _SMALL_IMAGE_BYTES = 3072  # a 48x48 face: stored uncompressed, it still fits one 4 KiB block
 
 Stored = tuple[str, tuple[int, int, int]] | Skip  # (sha1, (height, width, channels)) or why not
-
-
-class WorkspaceLocked(RuntimeError):
-    """Another process is writing to the workspace."""
 
 
 def default_workspace() -> Path:

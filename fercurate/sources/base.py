@@ -25,12 +25,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from fercurate.errors import SourceError
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm"})
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
-
-
-class SourceError(Exception):
-    """The input cannot be read at all; the message says what is wrong and what to do."""
 
 
 class UnreadableImage(Exception):
