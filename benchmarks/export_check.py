@@ -4,8 +4,9 @@
 
 Recomputes the leakage groups from the workspace (subjects, exact and audited near duplicates,
 parent/child) and runs the same ``leakage_violations`` the tests use on the exported splits;
-then reloads the Hugging Face dataset, the parquet files, the image folder, the manifest and the
-FER2013-style CSV (by re-ingesting it) and compares ids, splits and labels. Exits 1 on any failure.
+then reloads the Hugging Face dataset, the parquet files, the image folder, the manifest, the
+FER2013-style CSV (by re-ingesting it) and the FiftyOne export, and compares ids, splits, labels
+and FER+'s crowd votes (``label_votes``) with the workspace's. Exits 1 on any failure.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def main() -> int:
         "subjects in more than one split": int((subjects > 1).sum()) == 0,
     }
     expected = Counter(zip(exported["split"], exported["label"]))
+    votes = {row_id: dict(pairs) for row_id, pairs in zip(rows["id"], rows["label_votes"]) if pairs is not None}
+    exported_votes = pd.read_parquet(export / "manifest.parquet", columns=["id", "label_votes"])
+    checks[f"manifest.parquet: the same FER+ votes per id ({len(votes)} rows with votes)"] = {
+        row_id: dict(pairs) for row_id, pairs in zip(exported_votes["id"], exported_votes["label_votes"])
+        if pairs is not None} == {row_id: value for row_id, value in votes.items() if row_id in set(exported["id"])}
     if (export / "hf").exists():
         import datasets
 
@@ -48,6 +54,11 @@ def main() -> int:
             (row_id, (name, names[label])) for name in reloaded
             for row_id, label in zip(reloaded[name]["id"], reloaded[name]["label"])
         ) == dict(zip(exported["id"], zip(exported["split"], exported["label"])))
+        hf_votes = {row_id: {key: value for key, value in cell.items() if value is not None}
+                    for name in reloaded for row_id, cell in zip(reloaded[name]["id"], reloaded[name]["label_votes"])
+                    if cell is not None}
+        checks["hf load_from_disk: the same FER+ votes per id"] = hf_votes == {
+            row_id: value for row_id, value in votes.items() if row_id in set(exported["id"])}
     if (export / "parquet").exists():
         parquet = pd.concat([pd.read_parquet(path, columns=["id"]) for path in (export / "parquet").glob("*.parquet")])
         checks["parquet: same ids"] = sorted(parquet["id"]) == sorted(exported["id"])
@@ -63,6 +74,18 @@ def main() -> int:
         contempt = Counter({key: value for key, value in expected.items() if key[1] == "contempt"})
         checks["fer2013.csv re-ingested: same count per split and label, no skips"] = (
             counts == expected - contempt and not report.skips)
+    if (export / "fiftyone").exists():
+        from fercurate.audit.fiftyone_app import prepare_fiftyone_database, workspace_database_dir
+
+        prepare_fiftyone_database(workspace_database_dir(workspace))
+        import fiftyone as fo
+
+        dataset = fo.Dataset.from_dir(str(export / "fiftyone"), dataset_type=fo.types.FiftyOneDataset)
+        try:
+            checks["fiftyone from_dir: same ids and splits"] = dict(
+                zip(*dataset.values(["fercurate_id", "split"]))) == dict(zip(exported["id"], exported["split"]))
+        finally:
+            dataset.delete()
     for name, passed in checks.items():
         print(f"{'ok  ' if passed else 'FAIL'} {name}")
     print(f"{len(exported)} exported rows, {len(np.unique(groups))} leakage groups")

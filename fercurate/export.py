@@ -12,8 +12,17 @@ Formats (each a folder or file inside the output folder):
 - ``manifest``: ``manifest.parquet`` and ``manifest.csv`` with the curated ``split`` and ``fold``
 - ``fiftyone``: a FiftyOne dataset export (``fiftyone/``), images included
 
-The whole output is built in a temporary folder beside the target and renamed into place, so it
-is either complete or absent; an existing output is replaced only when asked.
+Nested columns (FER+'s ``label_votes``, CK+'s ``landmarks`` and ``action_units``) travel with the
+rows: the parquet manifest keeps the schema's own map and list types; the Hugging Face dataset, which
+has no map type, gets each string-keyed map as a struct with one field per key (e.g.
+``label_votes.neutral``) and other maps as a list of ``{key, value}`` structs; ``manifest.csv``
+flattens the structs into ``label_votes.<key>`` columns. Rows without votes hold null.
+
+Invariants: the whole output is built in a temporary folder beside the target and renamed into
+place, so it is either complete or absent. An existing output is replaced only when asked and only
+when fercurate wrote it (it carries :data:`EXPORT_MARKER`); an output that is, contains or lies
+inside a workspace is refused. Staging folders left by a killed export are removed by the next
+export to the same place. An export that would select nothing is refused with the reason.
 """
 
 from __future__ import annotations
@@ -32,10 +41,14 @@ import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from fercurate.schema import CANONICAL_LABELS, SOURCE_LABEL_MAPS
+from fercurate.errors import ExportError
+from fercurate.schema import CANONICAL_LABELS, ROW_SCHEMA, SOURCE_LABEL_MAPS
+from fercurate.sources.ferplus import VOTE_COLUMNS
 from fercurate.splits import (
     SPLITS,
     SplitOptions,
@@ -48,12 +61,12 @@ from fercurate.splits import (
 from fercurate.workspace import Workspace
 
 FORMATS = ("imagefolder", "hf", "fer2013-csv", "manifest", "fiftyone")
+#: The file that marks a folder as a fercurate export, so ``--overwrite`` replaces nothing else.
+EXPORT_MARKER = ".fercurate-export"
+_STAGING = ".staging-"
+_OLD = ".old-"
 FER2013_CODES = {label: int(code) for code, label in SOURCE_LABEL_MAPS["fer2013"].items()}
 FER2013_USAGE = {"train": "Training", "validation": "PublicTest", "test": "PrivateTest"}
-
-
-class ExportError(ValueError):
-    """The export cannot be made as asked; the message says why and what to do."""
 
 
 class ExportOptions(BaseModel):
@@ -78,6 +91,7 @@ class ExportReport:
     split_report: dict[str, Any]
     balance_report: dict[str, Any] | None
     excluded: dict[str, int]
+    table: pa.Table | None = None  # the exported rows in the row schema's types, with split (and fold)
     files: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,7 +113,8 @@ def plan_export(workspace: Workspace, options: ExportOptions) -> tuple[pd.DataFr
     manifest = workspace.manifest()
     if manifest.num_rows == 0:
         raise ExportError(f"{workspace.root} holds no rows: run `fercurate ingest` first")
-    rows = manifest.to_pandas()
+    rows = manifest.drop_columns(_NESTED_COLUMNS).to_pandas()
+    rows["manifest_row"] = np.arange(len(rows))
     near_group = audited_near_groups(workspace, rows)
     groups = leakage_groups(rows, near_group)
     assignment = assign_splits(rows, groups, options.split)
@@ -111,6 +126,10 @@ def plan_export(workspace: Workspace, options: ExportOptions) -> tuple[pd.DataFr
         rows["fold"] = subject_folds(rows, groups, options.kfold, options.split.seed)
     keep = rows["split"].notna().to_numpy().copy()
     if options.sources:
+        absent = sorted(set(options.sources) - set(rows["source"]))
+        if absent:
+            raise ExportError(f"--sources names {', '.join(absent)}, which the workspace does not hold",
+                              f"use some of {', '.join(sorted(set(rows['source'])))}")
         chosen = rows["source"].isin(options.sources).to_numpy()
         rows.loc[keep & ~chosen, "excluded_reason"] = "source not selected"
         keep &= chosen
@@ -126,6 +145,10 @@ def plan_export(workspace: Workspace, options: ExportOptions) -> tuple[pd.DataFr
         rows.loc[keep & ~kept, "excluded_reason"] = "balanced out of the training split"
         keep &= kept
     excluded = rows.loc[~keep, "excluded_reason"].value_counts().to_dict()
+    if not keep.any():
+        reasons = ", ".join(f"{count} {reason}" for reason, count in excluded.items())
+        raise ExportError(f"these options select no row of {workspace.root} ({reasons})",
+                          "relax --sources, --exclude-flag or --balance")
     return rows[keep].reset_index(drop=True), assignment.report, balance_report, excluded
 
 
@@ -146,16 +169,20 @@ def export_dataset(workspace: Workspace, output: str | Path, options: ExportOpti
     output = Path(output)
     unknown = set(options.formats) - set(FORMATS)
     if unknown:
-        raise ExportError(f"unknown format(s) {sorted(unknown)}: use {', '.join(FORMATS)}")
-    if output.exists() and not options.overwrite:
-        raise ExportError(f"{output} exists: choose another folder or pass --overwrite to replace it")
+        raise ExportError(f"unknown format(s) {sorted(unknown)}", f"use {', '.join(FORMATS)}")
+    if not options.formats:
+        raise ExportError("no export format chosen", f"give --format with some of {', '.join(FORMATS)}")
+    check_output_folder(workspace, output, options.overwrite)
     with workspace.lock():
         rows, split_report, balance_report, excluded = plan_export(workspace, options)
-        report = ExportReport(output, rows, split_report, balance_report, excluded)
+        _require_images(workspace, rows["filepath"])
+        table = exported_table(workspace.manifest(), rows)
+        report = ExportReport(output, rows, split_report, balance_report, excluded, table)
         output.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+        _remove_stale_staging(output)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}{_STAGING}{os.getpid()}-", dir=output.parent))
         try:
-            writers: dict[str, Callable[[Workspace, pd.DataFrame, Path], dict[str, Any]]] = {
+            writers: dict[str, Callable[[Workspace, pa.Table, Path], dict[str, Any]]] = {
                 "imagefolder": write_imagefolder, "hf": write_hf, "fer2013-csv": write_fer2013_csv,
                 "manifest": write_manifest, "fiftyone": write_fiftyone,
             }
@@ -163,28 +190,125 @@ def export_dataset(workspace: Workspace, output: str | Path, options: ExportOpti
             for name in options.formats:
                 if progress is not None:
                     progress(name)
-                notes[name] = writers[name](workspace, rows, staging)
+                notes[name] = writers[name](workspace, table, staging)
             write_card(workspace, report, options, notes, staging)
             (staging / "export.json").write_text(json.dumps({**report.to_dict(), "notes": notes,
                                                             "options": json.loads(options.model_dump_json())},
                                                            indent=2, default=str))
+            (staging / EXPORT_MARKER).write_text(json.dumps({"workspace": str(workspace.root.resolve())}) + "\n")
+            staging.chmod(0o777 & ~_umask())
             _replace_folder(staging, output)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    report.files = sorted(str(path.relative_to(output)) for path in output.iterdir())
+    report.files = sorted(str(path.relative_to(output)) for path in output.iterdir() if path.name != EXPORT_MARKER)
     return report
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def is_workspace(folder: Path) -> bool:
+    """Whether ``folder`` is a fercurate workspace (an export's manifest alone does not make one)."""
+    return (folder / "images").is_dir() and any((folder / name).is_file() for name in ("manifest.parquet", ".lock"))
+
+
+def check_output_folder(workspace: Workspace, output: Path, overwrite: bool) -> None:
+    """Refuse an output that could destroy data: the workspace itself, a folder holding it or
+    inside it, any other workspace, or an existing folder that is not a fercurate export."""
+    target, root = output.resolve(), workspace.root.resolve()
+    if target == root or root.is_relative_to(target) or target.is_relative_to(root):
+        raise ExportError(f"{output} is, contains or lies inside the workspace {workspace.root}",
+                          "export to a folder outside the workspace")
+    inside = next((parent for parent in (target, *target.parents) if is_workspace(parent)), None)
+    if inside is not None:
+        raise ExportError(f"{output} is or lies inside the workspace {inside}", "export to a folder outside it")
+    if not output.exists() and not output.is_symlink():
+        return
+    if not overwrite:
+        raise ExportError(f"{output} exists", "choose another folder or pass --overwrite to replace an earlier export")
+    if not output.is_dir() or output.is_symlink() or not (output / EXPORT_MARKER).is_file():
+        raise ExportError(f"{output} exists and is not a folder fercurate exported (it has no {EXPORT_MARKER})",
+                          "--overwrite replaces only earlier exports: choose another folder or remove it yourself")
+
+
+def _remove_stale_staging(output: Path) -> None:
+    """Delete staging and old-output folders that a killed export to ``output`` left behind."""
+    for leftover in output.parent.glob(f".{output.name}.*"):
+        _, marker, rest = leftover.name.partition(_STAGING if _STAGING in leftover.name else _OLD)
+        pid = rest.split("-", 1)[0]
+        if marker and pid.isdigit() and not _process_alive(int(pid)) and leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _require_images(workspace: Workspace, filepaths: pd.Series) -> None:
+    """Refuse to export rows whose image file is gone from the workspace."""
+    missing = [path for path in filepaths if not (workspace.root / path).is_file()]
+    if missing:
+        raise ExportError(f"{len(missing)} image(s) of the exported rows are missing from {workspace.root} "
+                          f"(first: {missing[0]})", "re-run `fercurate ingest` of their source to restore them")
 
 
 def _replace_folder(staging: Path, output: Path) -> None:
     """Put ``staging`` at ``output``; an old output is moved aside first and removed last."""
     old = None
     if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        old = output.with_name(f".{output.name}{_OLD}{os.getpid()}")
         output.rename(old)
     staging.rename(output)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+_NESTED_COLUMNS = [name for name, kind in zip(ROW_SCHEMA.names, ROW_SCHEMA.types) if pa.types.is_nested(kind)
+                   and name != "flags"]
+_PLAN_COLUMNS = ("manifest_row", "leakage_group", "excluded_reason")
+
+
+def exported_table(manifest: pa.Table, rows: pd.DataFrame) -> pa.Table:
+    """The exported rows as Arrow, every schema column in its own type (nested ones included),
+    with the curated ``split`` and any columns the plan added (``fold``)."""
+    table = manifest.take(pa.array(rows["manifest_row"].to_numpy()))
+    table = table.set_column(table.schema.get_field_index("split"), "split",
+                             pa.array(rows["split"].tolist(), pa.string()))
+    for name in rows.columns:
+        if name not in table.column_names and name not in _PLAN_COLUMNS:
+            table = table.append_column(name, pa.array(rows[name].tolist()))
+    return table
+
+
+def hf_compatible(table: pa.Table) -> pa.Table:
+    """``table`` with every map column turned into types Hugging Face ``datasets`` holds: a map
+    with string keys becomes a struct with one field per key (FER+'s vote names always, so every
+    export has the same columns, then any other key seen), any other map a list of
+    ``{key, value}`` structs."""
+    for index, (name, kind) in enumerate(zip(table.column_names, table.schema.types)):
+        if not pa.types.is_map(kind):
+            continue
+        column = table[name].combine_chunks()
+        if pa.types.is_string(kind.key_type):
+            keys = list(dict.fromkeys([*VOTE_COLUMNS, *column.keys.unique().to_pylist()]))
+            values = [pc.map_lookup(column, pa.scalar(key, kind.key_type), "first") for key in keys]
+            converted = pa.StructArray.from_arrays(values, names=keys, mask=column.is_null())
+        else:
+            entry = pa.struct([pa.field("key", kind.key_type), pa.field("value", kind.item_type)])
+            converted = pa.ListArray.from_arrays(column.offsets, pa.StructArray.from_arrays(
+                [column.keys, column.items], fields=list(entry)), mask=column.is_null())
+        table = table.set_column(index, name, converted)
+    return table
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -199,30 +323,27 @@ def _file_name(row_id: str) -> str:
     return row_id.replace("/", "__").replace(":", "_") + ".png"
 
 
-def write_imagefolder(workspace: Workspace, rows: pd.DataFrame, out: Path) -> dict[str, Any]:
+def write_imagefolder(workspace: Workspace, table: pa.Table, out: Path) -> dict[str, Any]:
     """``imagefolder/<split>/<label>/<id>.png`` (hard links into the workspace where possible)."""
-    for row in rows[["id", "split", "label", "filepath"]].itertuples(index=False):
+    rows = table.select(["id", "split", "label", "filepath"]).to_pandas()
+    for row in rows.itertuples(index=False):
         _link_or_copy(workspace.root / row.filepath, out / "imagefolder" / row.split / row.label / _file_name(row.id))
     return {"images": len(rows)}
 
 
-def _arrow_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows.drop(columns=["leakage_group", "excluded_reason"], errors="ignore")
-
-
-def write_hf(workspace: Workspace, rows: pd.DataFrame, out: Path) -> dict[str, Any]:
+def write_hf(workspace: Workspace, table: pa.Table, out: Path) -> dict[str, Any]:
     """A ``DatasetDict`` saved with ``save_to_disk`` plus one parquet file per split."""
     import datasets
 
     datasets.disable_progress_bars()
+    table = hf_compatible(table)
     splits = {}
     for name in SPLITS:
-        part = _arrow_rows(rows[rows["split"] == name])
-        if not len(part):
+        part = table.filter(pc.equal(table["split"], name))
+        if not part.num_rows:
             continue
-        table = pa.Table.from_pandas(part, preserve_index=False)
-        images = [str(workspace.root / path) for path in part["filepath"]]
-        dataset = datasets.Dataset(table).cast_column("label", datasets.ClassLabel(names=list(CANONICAL_LABELS)))
+        images = [str(workspace.root / path) for path in part["filepath"].to_pylist()]
+        dataset = datasets.Dataset(part).cast_column("label", datasets.ClassLabel(names=list(CANONICAL_LABELS)))
         dataset = dataset.add_column("image", images).cast_column("image", datasets.Image())
         splits[name] = dataset
     dataset_dict = datasets.DatasetDict(splits)
@@ -233,8 +354,9 @@ def write_hf(workspace: Workspace, rows: pd.DataFrame, out: Path) -> dict[str, A
     return {"splits": {name: len(dataset) for name, dataset in dataset_dict.items()}}
 
 
-def write_fer2013_csv(workspace: Workspace, rows: pd.DataFrame, out: Path) -> dict[str, Any]:
+def write_fer2013_csv(workspace: Workspace, table: pa.Table, out: Path) -> dict[str, Any]:
     """``fer2013.csv`` with 48x48 gray pixels; contempt has no FER2013 code and is counted out."""
+    rows = table.select(["filepath", "label", "split"]).to_pandas()
     usable = rows[rows["label"].isin(FER2013_CODES)]
     with open(out / "fer2013.csv", "w") as handle:
         handle.write("emotion,pixels,Usage\n")
@@ -247,22 +369,23 @@ def write_fer2013_csv(workspace: Workspace, rows: pd.DataFrame, out: Path) -> di
     return {"rows": len(usable), "left_out_no_fer2013_code": int(len(rows) - len(usable))}
 
 
-def write_manifest(workspace: Workspace, rows: pd.DataFrame, out: Path) -> dict[str, Any]:
-    """The exported rows with their split: parquet (every column) and CSV (flat columns)."""
-    table = pa.Table.from_pandas(_arrow_rows(rows), preserve_index=False)
+def write_manifest(workspace: Workspace, table: pa.Table, out: Path) -> dict[str, Any]:
+    """The exported rows with their split: parquet (every column in the schema's own types) and
+    CSV (flat columns, votes flattened to ``label_votes.<key>``; lists such as landmarks left out)."""
     pq.write_table(table, out / "manifest.parquet")
-    flat = [name for name, kind in zip(table.column_names, table.schema.types)
-            if not pa.types.is_nested(kind)]
-    rows[flat].to_csv(out / "manifest.csv", index=False)
-    return {"rows": len(rows)}
+    flat = hf_compatible(table).flatten()
+    flat = flat.select([name for name, kind in zip(flat.column_names, flat.schema.types)
+                        if not pa.types.is_nested(kind)])
+    pacsv.write_csv(flat, out / "manifest.csv")
+    return {"rows": table.num_rows}
 
 
-def write_fiftyone(workspace: Workspace, rows: pd.DataFrame, out: Path) -> dict[str, Any]:
+def write_fiftyone(workspace: Workspace, table: pa.Table, out: Path) -> dict[str, Any]:
     """A FiftyOne dataset export (``fiftyone.types.FiftyOneDataset``) of the exported rows, with
     their split as a field and a tag."""
     from fercurate.audit.fiftyone_app import export_fiftyone_dataset
 
-    return export_fiftyone_dataset(workspace, rows["id"].tolist(), rows["split"].tolist(), out / "fiftyone")
+    return export_fiftyone_dataset(workspace, table["id"].to_pylist(), table["split"].to_pylist(), out / "fiftyone")
 
 
 def write_card(workspace: Workspace, report: ExportReport, options: ExportOptions, notes: Mapping[str, Any],
@@ -286,6 +409,9 @@ def write_card(workspace: Workspace, report: ExportReport, options: ExportOption
                     for column in ("gender", "age_group", "ethnicity")}
     synthetic = rows.groupby("label")["is_synthetic"].mean().round(4)
     generators = sorted(rows.loc[rows["is_synthetic"], "generator"].dropna().unique())
+    label_sources = rows.groupby(["source", "label_source"]).size().rename("rows").reset_index()
+    votes = report.table["label_votes"] if report.table is not None else pa.nulls(0)
+    with_votes = int(len(votes) - votes.null_count)
     audit_summary = _audit_summary(workspace)
     template = resources.files("fercurate.dataset_cards").joinpath("template.md").read_text()
     source_cards = {source: _source_card_excerpt(source) for source in sources}
@@ -296,8 +422,19 @@ def write_card(workspace: Workspace, report: ExportReport, options: ExportOption
         class_table=per_split.to_markdown(), total=count, notes=notes,
         demographic_tables={name: table.to_markdown(index=False) for name, table in demographics.items()},
         synthetic_table=synthetic.to_frame("synthetic share").to_markdown(), generators=generators,
+        label_source_table=label_sources.to_markdown(index=False), label_modes=_label_modes(rows),
+        rows_with_votes=with_votes,
         audit=audit_summary)
     card.save(str(out / "README.md"))
+
+
+def _label_modes(rows: pd.DataFrame) -> list[str]:
+    """The FER+ label modes behind the exported labels, in words (none when FER+ was not used)."""
+    modes = {source.removeprefix("ferplus-") for source in rows["label_source"].unique() if source.startswith("ferplus-")}
+    flagged = rows["flags"].map(lambda flags: flags is not None and any(f.startswith("ferplus-") for f in flags))
+    if not modes and flagged.any():
+        modes = {"original"}
+    return sorted(modes)
 
 
 def _audit_summary(workspace: Workspace) -> dict[str, Any] | None:

@@ -20,6 +20,8 @@ Strategies:
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -119,6 +121,16 @@ def assign_splits(rows: pd.DataFrame, groups: np.ndarray, options: SplitOptions 
         if distinct < sum(options.folds):
             notes.append(f"{int(unassigned.sum())} rows without an official split form only {distinct} leakage "
                          f"groups (subjects), fewer than the {sum(options.folds)} folds: all kept in train")
+    in_train = split == "train"
+    if options.strategy == "official" and not (split == "validation").any() and in_train.any():
+        # Official splits without a validation split (a hub dataset's train/test): hold out
+        # whole training groups for model selection, so the test split is still touched once.
+        train_folds, validation_folds, _ = options.folds
+        held_out = _grouped_stratified(rows["label"].to_numpy()[in_train], groups[in_train],
+                                       options.model_copy(update={"folds": (train_folds, validation_folds, 0)}))
+        split[in_train] = held_out
+        notes.append(f"the official splits have no validation split: {int((held_out == 'validation').sum())} "
+                     "training rows (whole leakage groups) were held out as validation")
     synthetic = rows["is_synthetic"].to_numpy(dtype=bool)
     in_test = synthetic & (split == "test")
     reason[in_test] = "synthetic row whose parent is in the test split"
@@ -142,9 +154,18 @@ def _grouped_stratified(labels: np.ndarray, groups: np.ndarray, options: SplitOp
     if distinct_groups < total:  # too few groups to fold: everything trains
         return np.full(len(labels), "train", dtype=object)
     fold = np.empty(len(labels), np.int64)
-    splitter = StratifiedGroupKFold(n_splits=total, shuffle=True, random_state=options.seed)
-    for number, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
-        fold[held_out] = number
+    if np.unique(labels, return_counts=True)[1].max() < total:
+        # Too few faces per class to stratify (a small CK+ or JAFFE sample): whole groups are
+        # dealt to folds in a seeded random order instead, so the split still never leaks.
+        unique_groups, group_of_row = np.unique(groups, return_inverse=True)
+        order = np.random.default_rng(options.seed).permutation(len(unique_groups))
+        fold = (np.argsort(order) % total)[group_of_row]
+    else:
+        splitter = StratifiedGroupKFold(n_splits=total, shuffle=True, random_state=options.seed)
+        with warnings.catch_warnings():  # a class smaller than the fold count is stratified as well as it can be
+            warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+            for number, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+                fold[held_out] = number
     names = np.array(["test"] * test_folds + ["validation"] * validation_folds + ["train"] * train_folds, dtype=object)
     return names[fold]
 
