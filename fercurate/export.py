@@ -144,6 +144,9 @@ def plan_export(workspace: Workspace, options: ExportOptions) -> tuple[pd.DataFr
                                                   options.balance, options.split.seed)
         rows.loc[keep & ~kept, "excluded_reason"] = "balanced out of the training split"
         keep &= kept
+        if not (keep & (rows["split"] == "train").to_numpy()).any():
+            raise ExportError(f"the balance target {options.balance!r} leaves no training row",
+                              "give a target of at least one face per class, e.g. uniform or uniform:500")
     excluded = rows.loc[~keep, "excluded_reason"].value_counts().to_dict()
     if not keep.any():
         reasons = ", ".join(f"{count} {reason}" for reason, count in excluded.items())
