@@ -47,14 +47,15 @@ def main() -> None:
     figures["balance + quality + duplicates"] = round(
         result.seconds["balance"] + result.seconds["quality"] + result.seconds["duplicates"], 2)
     if not args.no_fiftyone:
-        from fercurate.audit.fiftyone_app import prepare_fiftyone_database, sync_to_fiftyone
+        from fercurate.audit.fiftyone_database import prepare_fiftyone_database
+        from fercurate.audit.fiftyone_sync import sync_to_fiftyone
 
         prepare_fiftyone_database(root / "fiftyone-db")
         started = time.perf_counter()
         sync_to_fiftyone(workspace, audit_rows=None, embeddings=None)
         figures["fiftyone sync (no audit fields)"] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
-        from fercurate.audit.fiftyone_app import sync_audit_to_fiftyone
+        from fercurate.audit.fiftyone_sync import sync_audit_to_fiftyone
 
         sync_audit_to_fiftyone(workspace)
         figures["fiftyone sync (re-sync with audit fields, views, brain)"] = round(time.perf_counter() - started, 2)

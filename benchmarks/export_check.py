@@ -75,7 +75,7 @@ def main() -> int:
         checks["fer2013.csv re-ingested: same count per split and label, no skips"] = (
             counts == expected - contempt and not report.skips)
     if (export / "fiftyone").exists():
-        from fercurate.audit.fiftyone_app import prepare_fiftyone_database, workspace_database_dir
+        from fercurate.audit.fiftyone_database import prepare_fiftyone_database, workspace_database_dir
 
         prepare_fiftyone_database(workspace_database_dir(workspace))
         import fiftyone as fo

@@ -335,7 +335,8 @@ def run(
 
 def _sync_fiftyone(space: Workspace, open_app: bool, address: str, port: int, quiet: bool) -> None:
     """Mirror the workspace and its latest audit into FiftyOne; optionally serve the App until Ctrl-C."""
-    from fercurate.audit.fiftyone_app import launch_app, sync_audit_to_fiftyone
+    from fercurate.audit.fiftyone_app import launch_app
+    from fercurate.audit.fiftyone_sync import sync_audit_to_fiftyone
 
     try:
         with errors.status("syncing to FiftyOne"):

@@ -386,7 +386,7 @@ def write_manifest(workspace: Workspace, table: pa.Table, out: Path) -> dict[str
 def write_fiftyone(workspace: Workspace, table: pa.Table, out: Path) -> dict[str, Any]:
     """A FiftyOne dataset export (``fiftyone.types.FiftyOneDataset``) of the exported rows, with
     their split as a field and a tag."""
-    from fercurate.audit.fiftyone_app import export_fiftyone_dataset
+    from fercurate.audit.fiftyone_sync import export_fiftyone_dataset
 
     return export_fiftyone_dataset(workspace, table["id"].to_pylist(), table["split"].to_pylist(), out / "fiftyone")
 

@@ -112,7 +112,7 @@ def run_step(step: Step, workspace: Workspace, **progress: Any) -> IngestReport 
         return workspace.ingest(step.reader(workspace), **progress)
     result = audit_workspace(workspace, step.audit_options(), **progress)
     if step.fiftyone:
-        from fercurate.audit.fiftyone_app import sync_audit_to_fiftyone
+        from fercurate.audit.fiftyone_sync import sync_audit_to_fiftyone
 
         sync_audit_to_fiftyone(workspace)
     return result

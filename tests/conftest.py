@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fercurate.audit.fiftyone_app import prepare_fiftyone_database
+from fercurate.audit.fiftyone_database import prepare_fiftyone_database
 from fercurate.sources import Source
 from fercurate.workspace import Workspace
 

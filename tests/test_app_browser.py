@@ -25,7 +25,8 @@ import pytest
 from conftest import fiftyone_database_dir
 from test_fiftyone import Planted, planted_workspace
 
-from fercurate.audit.fiftyone_app import SAVED_VIEWS, AppHandle, launch_app, sync_to_fiftyone
+from fercurate.audit.fiftyone_app import AppHandle, launch_app
+from fercurate.audit.fiftyone_sync import SAVED_VIEWS, sync_to_fiftyone
 
 #: Flags that make headless Chromium work in a container, offline (see /work/shared/STACK.md).
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

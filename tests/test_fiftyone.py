@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from fercurate.audit.fiftyone_app import SAVED_VIEWS, prepare_fiftyone_database, sync_to_fiftyone
+from fercurate.audit.fiftyone_database import prepare_fiftyone_database
+from fercurate.audit.fiftyone_sync import SAVED_VIEWS, sync_to_fiftyone
 from fercurate.schema import ROW_SCHEMA
 from fercurate.sources.demo import open_demo
 from fercurate.workspace import Workspace

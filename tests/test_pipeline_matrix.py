@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import releases
-from fercurate.audit.fiftyone_app import sync_audit_to_fiftyone
+from fercurate.audit.fiftyone_sync import sync_audit_to_fiftyone
 from fercurate.audit.run import AuditOptions, audit_workspace
 from fercurate.export import FORMATS, ExportOptions, export_dataset
 from fercurate.sources import open_source

@@ -1,0 +1,535 @@
+"""The FiftyOne view of a workspace: its rows and audit results mirrored into a FiftyOne dataset.
+
+FiftyOne is fercurate's audit UI. :func:`sync_to_fiftyone` mirrors a workspace (plus the audit's
+per-row results and optional embeddings) into a persistent FiftyOne dataset, one sample per
+manifest row, with tags and saved views that take a reviewer straight to the problems: near
+duplicates across splits, likely mislabelled faces, conflicting duplicate labels, faces not found,
+synthetic rows. :func:`sync_audit_to_fiftyone` does it with the workspace's latest audit, and
+:func:`export_fiftyone_dataset` writes exported rows as a FiftyOne dataset folder.
+
+FiftyOne is imported only inside functions, after :mod:`fercurate.audit.fiftyone_database` has
+prepared its database: it reads its configuration from the environment when first imported, and
+importing fercurate must stay light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fercurate.audit.fiftyone_database import prepare_fiftyone_database, workspace_database_dir
+from fercurate.schema import ROW_SCHEMA
+from fercurate.workspace import Workspace
+
+if TYPE_CHECKING:
+    import fiftyone as fo
+    import pandas as pd
+
+#: Per-row audit results that :func:`sync_to_fiftyone` understands, with their types. Columns of an
+#: ``audit_rows`` table outside this list are added too, typed from the table.
+AUDIT_COLUMNS: dict[str, pa.DataType] = {
+    "brightness": pa.float64(),
+    "contrast": pa.float64(),
+    "blur": pa.float64(),
+    "is_blank": pa.bool_(),
+    "size_anomaly": pa.bool_(),
+    "face_detected": pa.bool_(),
+    "phash": pa.string(),
+    "exact_group": pa.int64(),
+    "near_group": pa.int64(),
+    "duplicate_of": pa.string(),
+    "cross_split_duplicate": pa.bool_(),
+    "conflicting_duplicate_labels": pa.bool_(),
+    "label_issue": pa.bool_(),
+    "label_quality": pa.float64(),
+    "predicted_label": pa.string(),
+}
+#: Audit group columns use -1 for "no group"; FiftyOne gets None so the App can filter on it.
+_NO_GROUP_COLUMNS = ("exact_group", "near_group")
+
+#: tag -> (field, value): a sample carries the tag when its field holds the value.
+AUDIT_TAGS: dict[str, tuple[str, bool]] = {
+    "near-duplicate-across-splits": ("cross_split_duplicate", True),
+    "conflicting-duplicate-labels": ("conflicting_duplicate_labels", True),
+    "likely-mislabelled": ("label_issue", True),
+    "no-face": ("face_detected", False),
+    "blank": ("is_blank", True),
+    "synthetic": ("is_synthetic", True),
+}
+
+
+@dataclass(frozen=True)
+class SavedView:
+    """A saved view of the synced dataset: the samples with ``tag``, ordered by ``sort_by``."""
+
+    name: str
+    tag: str
+    sort_by: tuple[str, ...]
+    description: str
+
+
+SAVED_VIEWS: tuple[SavedView, ...] = (
+    SavedView("near duplicates across splits", "near-duplicate-across-splits", ("near_group", "exact_group"),
+              "Exact or near duplicates that sit in different splits (leakage); grouped by duplicate group."),
+    SavedView("likely mislabelled", "likely-mislabelled", ("label_quality",),
+              "Rows whose label the audit doubts, least trustworthy label first."),
+    SavedView("conflicting duplicate labels", "conflicting-duplicate-labels", ("exact_group", "near_group"),
+              "Duplicates of one face that carry different labels; grouped by duplicate group."),
+    SavedView("no face detected", "no-face", (), "Rows where the face detector found no face."),
+    SavedView("synthetic", "synthetic", (), "Rows made by a generator or augmentation, not photographed."),
+)
+
+SIMILARITY_KEY = "similarity"
+UNIQUENESS_FIELD = "uniqueness"
+EMBEDDING_FIELD = "embedding"
+_ID_FIELD = "fercurate_id"  # `id` is FiftyOne's own sample id
+_WORKSPACE_INFO_KEY = "fercurate_workspace"
+_EMBEDDINGS_INFO_KEY = "fercurate_embeddings_sha1"
+_EXTRA_FIELDS_INFO_KEY = "fercurate_extra_audit_fields"
+#: Sample fields made from manifest columns (every schema column but ``filepath``, which is the
+#: sample's own absolute ``filepath``).
+_MANIFEST_FIELDS = tuple(_ID_FIELD if name == "id" else name for name in ROW_SCHEMA.names if name != "filepath")
+#: Sample fields that FiftyOne owns or that sync derives: no audit column may use these names.
+_RESERVED_FIELDS = ("tags", "metadata", "media_type", "created_at", "last_modified_at", _ID_FIELD,
+                    "ground_truth", "prediction", EMBEDDING_FIELD, UNIQUENESS_FIELD)
+
+
+
+def dataset_name(workspace: Workspace) -> str:
+    """The default FiftyOne dataset name of a workspace: ``fercurate-<folder name>``."""
+    return f"fercurate-{workspace.root.resolve().name}"
+
+
+def sync_to_fiftyone(
+    workspace: Workspace,
+    audit_rows: pa.Table | pd.DataFrame | None = None,
+    embeddings: np.ndarray | None = None,
+    name: str | None = None,
+) -> fo.Dataset:
+    """Mirror ``workspace`` (and its audit) into a persistent FiftyOne dataset and return it.
+
+    One sample per manifest row: ``filepath`` is the image's absolute path, ``metadata`` its
+    size, every schema column is a field (``id`` as ``fercurate_id``, since FiftyOne owns ``id``;
+    ``label_votes`` and ``action_units`` as dicts; ``landmarks`` as a list of [x, y]), ``label``
+    is also the classification ``ground_truth``, and ``flags`` are also tags.
+
+    ``audit_rows`` (keyed by ``id``) adds per-row audit results (see :data:`AUDIT_COLUMNS`; any
+    may be absent, and their values win over the manifest's quality columns), the tags of
+    :data:`AUDIT_TAGS`, and ``predicted_label`` as the classification ``prediction`` with
+    confidence ``1 - label_quality``. ``embeddings`` (one row per manifest row, in manifest
+    order) are stored on ``embedding`` and indexed by FiftyOne Brain: similarity (brain key
+    ``similarity``, sklearn backend) and uniqueness (field ``uniqueness``), all offline.
+
+    The dataset mirrors its inputs: a re-sync adds new rows, deletes removed ones, and updates
+    only the fields that changed (matching samples by ``fercurate_id``); audit fields, embeddings
+    and brain runs not given this time are cleared. Tags that reviewers add in the App are kept.
+    The saved views of :data:`SAVED_VIEWS` are (re)written every time.
+
+    The database is the workspace's own (``<workspace>/fiftyone-db``) unless the user set
+    ``FIFTYONE_DATABASE_DIR`` or ``FIFTYONE_DATABASE_URI``.
+    """
+    manifest = workspace.manifest()
+    if embeddings is not None:
+        embeddings = np.asarray(embeddings)
+        if embeddings.ndim != 2 or embeddings.shape[0] != manifest.num_rows:
+            raise ValueError(
+                f"embeddings must be an N x D array with one row per manifest row ({manifest.num_rows}); "
+                f"got shape {embeddings.shape}"
+            )
+    columns, field_types = _sample_columns(workspace, manifest, audit_rows)
+
+    prepare_fiftyone_database(workspace_database_dir(workspace))
+    import fiftyone as fo
+
+    dataset = _open_dataset(fo, name or dataset_name(workspace), workspace)
+    _drop_extra_fields_not_given(dataset, field_types)
+    _declare_fields(fo, dataset, field_types, embeddings)
+
+    ids: list[str] = columns[_ID_FIELD]
+    existing_sample_ids, existing_ids = dataset.values(["id", _ID_FIELD]) if len(dataset) else ([], [])
+    wanted = set(ids)
+    stale = [sample_id for sample_id, row_id in zip(existing_sample_ids, existing_ids) if row_id not in wanted]
+    if stale:
+        dataset.delete_samples(stale)
+    kept = {row_id: sample_id for sample_id, row_id in zip(existing_sample_ids, existing_ids) if row_id in wanted}
+    # Embeddings and the brain runs built on them are rewritten only when they (or the rows) changed.
+    fingerprint = None if embeddings is None else _fingerprint(ids, embeddings)
+    indexed = (fingerprint is not None and fingerprint == dataset.info.get(_EMBEDDINGS_INFO_KEY)
+               and not stale and len(kept) == len(ids)
+               and dataset.has_brain_run(SIMILARITY_KEY) and dataset.has_brain_run(UNIQUENESS_FIELD))
+    _update_samples(fo, dataset, columns, field_types, kept, None if indexed else embeddings)
+    _add_samples(fo, dataset, columns, field_types, [i for i, row_id in enumerate(ids) if row_id not in kept],
+                 embeddings)
+
+    _save_views(dataset)
+    if not indexed:
+        _index_embeddings(dataset, embeddings)
+        dataset.info[_EMBEDDINGS_INFO_KEY] = fingerprint
+        dataset.save()
+    return dataset
+
+
+def _fingerprint(ids: Sequence[str], embeddings: np.ndarray) -> str:
+    """A digest of the embeddings and the rows they belong to."""
+    digest = hashlib.sha1("\n".join(ids).encode())
+    digest.update(f"{embeddings.shape}{embeddings.dtype}".encode())
+    digest.update(np.ascontiguousarray(embeddings).data)
+    return digest.hexdigest()
+
+
+def _open_dataset(fo: Any, name: str, workspace: Workspace) -> fo.Dataset:
+    """Load the persistent dataset ``name``, or create it; refuse one that mirrors something else."""
+    root = str(workspace.root.resolve())
+    if not fo.dataset_exists(name):
+        dataset = fo.Dataset(name, persistent=True)
+        dataset.info[_WORKSPACE_INFO_KEY] = root
+        dataset.save()
+        return dataset
+    dataset = fo.load_dataset(name)
+    owner = dataset.info.get(_WORKSPACE_INFO_KEY)
+    if owner != root and (owner is not None or len(dataset)):
+        what = f"the workspace {owner}" if owner else "something fercurate did not make"
+        raise ValueError(f"FiftyOne dataset {name!r} mirrors {what}, not {root}; pass another name")
+    if owner is None:
+        dataset.info[_WORKSPACE_INFO_KEY] = root
+        dataset.save()
+    return dataset
+
+
+def _drop_extra_fields_not_given(dataset: fo.Dataset, types: dict[str, pa.DataType]) -> None:
+    """Delete the fields that earlier syncs made from extra audit columns absent this time."""
+    extra = [name for name in types if name not in AUDIT_COLUMNS and name not in _MANIFEST_FIELDS]
+    for name in dataset.info.get(_EXTRA_FIELDS_INFO_KEY, []):
+        if name not in extra and dataset.has_sample_field(name):
+            dataset.delete_sample_field(name)
+    dataset.info[_EXTRA_FIELDS_INFO_KEY] = extra
+    dataset.save()
+
+
+def _sample_columns(
+    workspace: Workspace, manifest: pa.Table, audit_rows: pa.Table | pd.DataFrame | None
+) -> tuple[dict[str, list[Any]], dict[str, pa.DataType]]:
+    """Every sample field's values, in manifest order, and the arrow type each field is declared from.
+
+    Schema columns come first (renamed or converted where FiftyOne needs it), then audit columns,
+    aligned to the manifest by id. Derived values (filepath, tags, classifications, metadata) are
+    under the keys ``filepath``, ``tags``, ``ground_truth``, ``prediction`` and ``metadata``.
+    """
+    columns: dict[str, list[Any]] = {}
+    types: dict[str, pa.DataType] = {}
+    for field in ROW_SCHEMA:
+        if field.name == "filepath":
+            continue
+        key = _ID_FIELD if field.name == "id" else field.name
+        columns[key] = _python_values(manifest[field.name], field.type)
+        types[key] = field.type
+    audit, audit_types = _aligned_audit(manifest, audit_rows)
+    for column, values in audit.items():
+        if column in _NO_GROUP_COLUMNS:
+            values = [None if value == -1 else value for value in values]
+        if column in columns:  # a quality column the manifest holds too: the audit's value wins
+            values = [new if new is not None else old for new, old in zip(values, columns[column])]
+        columns[column] = values
+        types[column] = audit_types[column]
+    for column, arrow_type in AUDIT_COLUMNS.items():  # absent audit results are cleared
+        if column not in columns:
+            columns[column] = [None] * manifest.num_rows
+            types[column] = arrow_type
+
+    root = workspace.root.resolve()
+    columns["filepath"] = [str(root / path) for path in manifest["filepath"].to_pylist()]
+    columns["tags"] = [_managed_tags(columns, i) for i in range(manifest.num_rows)]
+    columns["ground_truth"] = columns["label"]
+    columns["prediction"] = [
+        None if label is None else (label, None if quality is None or math.isnan(quality) else 1.0 - quality)
+        for label, quality in zip(columns["predicted_label"], columns["label_quality"])
+    ]
+    columns["metadata"] = list(zip(columns["width"], columns["height"], columns["channels"]))
+    return columns, types
+
+
+def _aligned_audit(
+    manifest: pa.Table, audit_rows: pa.Table | pd.DataFrame | None
+) -> tuple[dict[str, list[Any]], dict[str, pa.DataType]]:
+    """The audit's columns as python lists aligned to the manifest (None where a row has none),
+    and their types. Copies of manifest columns other than the quality ones (an audit table may
+    carry ``label`` or ``source`` for its own reports) are left out: the manifest owns those."""
+    if audit_rows is None:
+        return {}, {}
+    if not isinstance(audit_rows, pa.Table):
+        audit_rows = pa.Table.from_pandas(audit_rows, preserve_index=False)
+    if "id" not in audit_rows.column_names:
+        raise ValueError(f"audit_rows needs an 'id' column; it has {audit_rows.column_names}")
+    if pc.count_distinct(audit_rows["id"]).as_py() != audit_rows.num_rows:
+        raise ValueError("audit_rows has repeated ids; give one row per manifest id")
+    positions = pc.index_in(manifest["id"], value_set=audit_rows["id"].combine_chunks())
+    values: dict[str, list[Any]] = {}
+    types: dict[str, pa.DataType] = {}
+    taken = set(_RESERVED_FIELDS).intersection(audit_rows.column_names)
+    if taken:
+        raise ValueError(f"audit_rows may not have the column(s) {sorted(taken)}: FiftyOne or fercurate uses "
+                         "those field names")
+    for column in audit_rows.column_names:
+        if column not in AUDIT_COLUMNS and column in ROW_SCHEMA.names:
+            continue
+        aligned = audit_rows[column].take(positions)
+        if column not in AUDIT_COLUMNS and pa.types.is_null(aligned.type):
+            continue  # an extra column with no values at all (a step that did not run) has no type
+        if column in AUDIT_COLUMNS:
+            try:
+                aligned = aligned.cast(AUDIT_COLUMNS[column])
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+                raise ValueError(f"audit column {column!r} must be {AUDIT_COLUMNS[column]}: {error}") from None
+        elif not _scalar_type(aligned.type):
+            raise ValueError(
+                f"audit column {column!r} has type {aligned.type}; extra audit columns must be bool, "
+                "integer, floating point or string"
+            )
+        values[column] = aligned.to_pylist()
+        types[column] = aligned.type
+    return values, types
+
+
+def _scalar_type(arrow_type: pa.DataType) -> bool:
+    return (pa.types.is_boolean(arrow_type) or pa.types.is_integer(arrow_type)
+            or pa.types.is_floating(arrow_type) or pa.types.is_string(arrow_type))
+
+
+def _python_values(column: pa.ChunkedArray, arrow_type: pa.DataType) -> list[Any]:
+    """A column as the python values FiftyOne stores: maps become dicts with string keys."""
+    values = column.to_pylist()
+    if pa.types.is_map(arrow_type):
+        return [None if pairs is None else {str(key): value for key, value in pairs} for pairs in values]
+    return values
+
+
+def _managed_tags(columns: dict[str, list[Any]], row: int) -> list[str]:
+    """The tags fercurate gives a row: its flags, then the audit tags it earns."""
+    tags = list(columns["flags"][row] or [])
+    for tag, (field, value) in AUDIT_TAGS.items():
+        if columns[field][row] is value and tag not in tags:
+            tags.append(tag)
+    return tags
+
+
+def _field_type(fo: Any, arrow_type: pa.DataType) -> tuple[Any, dict[str, Any]]:
+    """The FiftyOne field class (and add_sample_field keyword arguments) for an arrow type."""
+    if pa.types.is_string(arrow_type):
+        return fo.StringField, {}
+    if pa.types.is_boolean(arrow_type):
+        return fo.BooleanField, {}
+    if pa.types.is_integer(arrow_type):
+        return fo.IntField, {}
+    if pa.types.is_floating(arrow_type):
+        return fo.FloatField, {}
+    if pa.types.is_map(arrow_type):
+        return fo.DictField, {}
+    if pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
+        item = arrow_type.value_type
+        if pa.types.is_list(item) or pa.types.is_fixed_size_list(item):
+            return fo.ListField, {"subfield": fo.ListField}
+        return fo.ListField, {"subfield": _field_type(fo, item)[0]}
+    raise TypeError(f"no FiftyOne field type for arrow type {arrow_type}")
+
+
+def _declare_fields(fo: Any, dataset: fo.Dataset, types: dict[str, pa.DataType], embeddings: np.ndarray | None) -> None:
+    """Declare every field up front, so the App can filter even on fields that are all None."""
+    schema = dataset.get_field_schema()
+    for name, arrow_type in types.items():
+        if name not in schema:
+            ftype, kwargs = _field_type(fo, arrow_type)
+            dataset.add_sample_field(name, ftype, **kwargs)
+    for name in ("ground_truth", "prediction"):
+        if name not in schema:
+            dataset.add_sample_field(name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
+    if embeddings is not None and EMBEDDING_FIELD not in schema:
+        dataset.add_sample_field(EMBEDDING_FIELD, fo.VectorField)
+    dataset.create_index(_ID_FIELD, unique=True)
+
+
+def _label(fo: Any, field: str, value: Any) -> Any:
+    """The FiftyOne value of a derived field from its plain value in the sample columns."""
+    if value is None:
+        return None
+    if field == "ground_truth":
+        return fo.Classification(label=value)
+    if field == "prediction":
+        return fo.Classification(label=value[0], confidence=value[1])
+    if field == "metadata":
+        width, height, channels = value
+        return fo.ImageMetadata(width=width, height=height, num_channels=channels, mime_type="image/png")
+    return value
+
+
+_LABEL_FIELDS = ("ground_truth", "prediction", "metadata")
+
+
+def _add_samples(
+    fo: Any,
+    dataset: fo.Dataset,
+    columns: dict[str, list[Any]],
+    types: dict[str, pa.DataType],
+    rows: Sequence[int],
+    embeddings: np.ndarray | None,
+) -> None:
+    """Add the given manifest rows as new samples, in batches."""
+    plain = [*types, "filepath", "tags"]
+    samples = []
+    for i in rows:
+        fields = {name: columns[name][i] for name in plain}
+        fields.update((name, _label(fo, name, columns[name][i])) for name in _LABEL_FIELDS)
+        if embeddings is not None:
+            fields[EMBEDDING_FIELD] = embeddings[i]
+        samples.append(fo.Sample(**fields))
+    if samples:
+        dataset.add_samples(samples, expand_schema=False, validate=False, progress=False)
+
+
+def _update_samples(
+    fo: Any,
+    dataset: fo.Dataset,
+    columns: dict[str, list[Any]],
+    types: dict[str, pa.DataType],
+    kept: dict[str, str],
+    embeddings: np.ndarray | None,
+) -> None:
+    """Bring the kept samples up to date, writing only the fields whose values changed."""
+    if not kept:
+        return
+    row_of = {row_id: i for i, row_id in enumerate(columns[_ID_FIELD])}
+    plain = [name for name in types if name != _ID_FIELD] + ["filepath"]
+    # How each derived field is read back for comparison: its paths, and its value's parts.
+    derived = {
+        "ground_truth": (["ground_truth.label"], lambda value: (value,)),
+        "prediction": (["prediction.label", "prediction.confidence"], lambda value: value or (None, None)),
+        "metadata": (["metadata.width", "metadata.height", "metadata.num_channels"], lambda value: value),
+    }
+    paths = ["id", _ID_FIELD, "tags", *plain, *(path for read, _ in derived.values() for path in read)]
+    current = dict(zip(paths, dataset.values(paths)))
+    sample_ids, row_ids = current["id"], current[_ID_FIELD]
+    rows = [row_of[row_id] for row_id in row_ids]
+
+    for name in plain:
+        new = columns[name]
+        changed = {sid: new[i] for sid, i, old in zip(sample_ids, rows, current[name]) if not _same(old, new[i])}
+        if changed:
+            dataset.set_values(name, changed, key_field="id")
+    for name, (read, parts) in derived.items():
+        new = columns[name]
+        old_parts = list(zip(*(current[path] for path in read)))
+        changed = {sid: _label(fo, name, new[i]) for sid, i, old in zip(sample_ids, rows, old_parts)
+                   if not all(_same(a, b) for a, b in zip(old, parts(new[i])))}
+        if changed:
+            dataset.set_values(name, changed, key_field="id")
+
+    # Tags: fercurate's own are replaced; any other tag (a reviewer's) is kept.
+    old_flags = current["flags"]
+    changed_tags = {}
+    for sid, i, old_tags, flags in zip(sample_ids, rows, current["tags"], old_flags):
+        ours = set(AUDIT_TAGS) | set(flags or ())
+        tags = [tag for tag in old_tags or () if tag not in ours]
+        tags += [tag for tag in columns["tags"][i] if tag not in tags]
+        if tags != list(old_tags or ()):
+            changed_tags[sid] = tags
+    if changed_tags:
+        dataset.set_values("tags", changed_tags, key_field="id")
+
+    if embeddings is not None:
+        dataset.set_values(EMBEDDING_FIELD, {sid: embeddings[i] for sid, i in zip(sample_ids, rows)},
+                           key_field="id")
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Equality as a re-sync needs it: NaN equals NaN."""
+    if isinstance(old, float) and isinstance(new, float):
+        return old == new or (math.isnan(old) and math.isnan(new))
+    return old == new
+
+
+def _save_views(dataset: fo.Dataset) -> None:
+    """(Re)write the saved views of :data:`SAVED_VIEWS`."""
+    for saved in SAVED_VIEWS:
+        view = dataset.match_tags(saved.tag)
+        if saved.sort_by:  # the id breaks ties, so the order is the same on every load
+            view = view.sort_by([(field, 1) for field in (*saved.sort_by, _ID_FIELD)])
+        dataset.save_view(saved.name, view, description=saved.description, overwrite=True)
+
+
+def _index_embeddings(dataset: fo.Dataset, embeddings: np.ndarray | None) -> None:
+    """Replace the similarity index and uniqueness scores; without embeddings, remove them."""
+    for key in (SIMILARITY_KEY, UNIQUENESS_FIELD):
+        if dataset.has_brain_run(key):
+            dataset.delete_brain_run(key)
+    if embeddings is None or len(embeddings) == 0:
+        if EMBEDDING_FIELD in dataset.get_field_schema():
+            dataset.clear_sample_field(EMBEDDING_FIELD)
+        return
+    import fiftyone.brain as fob
+
+    with quiet_fiftyone():
+        fob.compute_similarity(dataset, embeddings=EMBEDDING_FIELD, backend="sklearn", brain_key=SIMILARITY_KEY,
+                               progress=False)
+        fob.compute_uniqueness(dataset, embeddings=EMBEDDING_FIELD, uniqueness_field=UNIQUENESS_FIELD,
+                               progress=False)
+
+
+def sync_audit_to_fiftyone(workspace: Workspace, name: str | None = None) -> fo.Dataset:
+    """Sync ``workspace`` with the findings of its latest ``fercurate audit``, when there is one.
+
+    The audit's embeddings are used only while the manifest still holds exactly the rows that
+    were audited (they are aligned by position); the per-row findings are matched by id always.
+    """
+    import pyarrow.parquet as pq
+
+    audit_dir = workspace.root / "audit"
+    rows_path, embeddings_path = audit_dir / "rows.parquet", audit_dir / "embeddings.npy"
+    audit_rows = pq.read_table(rows_path) if rows_path.exists() else None
+    embeddings = None
+    if audit_rows is not None and embeddings_path.exists():
+        if audit_rows["id"].to_pylist() == workspace.manifest()["id"].to_pylist():
+            embeddings = np.load(embeddings_path)
+    return sync_to_fiftyone(workspace, audit_rows, embeddings, name)
+
+
+def export_fiftyone_dataset(workspace: Workspace, ids: Sequence[str], splits: Sequence[str],
+                            directory: Path) -> dict[str, Any]:
+    """Export the rows ``ids`` (with their curated ``splits``, as a field and as tags) as a
+    FiftyOne dataset folder (``fiftyone.types.FiftyOneDataset``, images included), which
+    ``fo.Dataset.from_dir`` reloads anywhere."""
+    import fiftyone as fo
+
+    mirror = sync_audit_to_fiftyone(workspace)
+    view = mirror.select_by(_ID_FIELD, list(ids), ordered=True)
+    staging = view.clone()  # a throwaway copy: the workspace's mirror keeps no export state
+    try:
+        staging.set_values("split", list(splits))
+        for split_name in sorted(set(splits)):
+            staging.match(fo.ViewField("split") == split_name).tag_samples(split_name)
+        with quiet_fiftyone():
+            staging.export(export_dir=str(directory), dataset_type=fo.types.FiftyOneDataset, export_media=True,
+                           progress=False)
+        return {"samples": len(staging), "dataset": mirror.name}
+    finally:
+        staging.delete()
+
+
+@contextlib.contextmanager
+def quiet_fiftyone() -> Iterator[None]:
+    """Silence FiftyOne's informational logging (remote-session instructions, welcome banner)."""
+    logger = logging.getLogger("fiftyone")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
