@@ -46,6 +46,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
+from fercurate.audit.review import DROP_FLAG, apply_reviews, read_reviews, review_summary
 from fercurate.errors import ExportError
 from fercurate.schema import CANONICAL_LABELS, ROW_SCHEMA, SOURCE_LABEL_MAPS
 from fercurate.sources.ferplus import VOTE_COLUMNS
@@ -110,7 +111,7 @@ def _per_split(rows: pd.DataFrame) -> dict[str, dict[str, int]]:
 def plan_export(workspace: Workspace, options: ExportOptions) -> tuple[pd.DataFrame, dict[str, Any],
                                                                         dict[str, Any] | None, dict[str, int]]:
     """The rows to export with their split (and fold), and reports of the split and the balance."""
-    manifest = workspace.manifest()
+    manifest = apply_reviews(workspace.manifest(), read_reviews(workspace))
     if manifest.num_rows == 0:
         raise ExportError(f"{workspace.root} holds no rows: run `fercurate ingest` first")
     rows = manifest.drop_columns(_NESTED_COLUMNS).to_pandas()
@@ -133,6 +134,9 @@ def plan_export(workspace: Workspace, options: ExportOptions) -> tuple[pd.DataFr
         chosen = rows["source"].isin(options.sources).to_numpy()
         rows.loc[keep & ~chosen, "excluded_reason"] = "source not selected"
         keep &= chosen
+    dropped = rows["flags"].map(lambda flags: flags is not None and DROP_FLAG in flags).to_numpy()
+    rows.loc[keep & dropped, "excluded_reason"] = "dropped in review"
+    keep &= ~dropped
     if options.exclude_flags:
         flagged = rows["flags"].map(lambda flags: bool(set(flags if flags is not None else ())
                                                        & set(options.exclude_flags))).to_numpy()
@@ -179,7 +183,7 @@ def export_dataset(workspace: Workspace, output: str | Path, options: ExportOpti
     with workspace.lock():
         rows, split_report, balance_report, excluded = plan_export(workspace, options)
         _require_images(workspace, rows["filepath"])
-        table = exported_table(workspace.manifest(), rows)
+        table = exported_table(apply_reviews(workspace.manifest(), read_reviews(workspace)), rows)
         report = ExportReport(output, rows, split_report, balance_report, excluded, table)
         output.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_staging(output)
@@ -426,7 +430,7 @@ def write_card(workspace: Workspace, report: ExportReport, options: ExportOption
         demographic_tables={name: table.to_markdown(index=False) for name, table in demographics.items()},
         synthetic_table=synthetic.to_frame("synthetic share").to_markdown(), generators=generators,
         label_source_table=label_sources.to_markdown(index=False), label_modes=_label_modes(rows),
-        rows_with_votes=with_votes,
+        rows_with_votes=with_votes, reviews=review_summary(read_reviews(workspace)),
         audit=audit_summary)
     card.save(str(out / "README.md"))
 

@@ -28,6 +28,11 @@ from fercurate.workspace import Workspace
 WORKSPACE_DATABASE_FOLDER = "fiftyone-db"
 
 
+def dataset_name(workspace: Workspace) -> str:
+    """The default FiftyOne dataset name of a workspace: ``fercurate-<folder name>``."""
+    return f"fercurate-{workspace.root.resolve().name}"
+
+
 def prepare_fiftyone_database(database_dir: Path | None = None) -> None:
     """Make FiftyOne's embedded database start on a stock machine, with no manual step.
 

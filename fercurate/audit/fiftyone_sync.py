@@ -27,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fercurate.audit.fiftyone_database import prepare_fiftyone_database, workspace_database_dir
+from fercurate.audit.fiftyone_database import dataset_name, prepare_fiftyone_database, workspace_database_dir
+from fercurate.audit.review import apply_reviews, decisions_from_dataset, read_reviews, record_decisions
 from fercurate.schema import ROW_SCHEMA
 from fercurate.workspace import Workspace
 
@@ -105,11 +106,6 @@ _RESERVED_FIELDS = ("tags", "metadata", "media_type", "created_at", "last_modifi
 
 
 
-def dataset_name(workspace: Workspace) -> str:
-    """The default FiftyOne dataset name of a workspace: ``fercurate-<folder name>``."""
-    return f"fercurate-{workspace.root.resolve().name}"
-
-
 def sync_to_fiftyone(
     workspace: Workspace,
     audit_rows: pa.Table | pd.DataFrame | None = None,
@@ -138,7 +134,14 @@ def sync_to_fiftyone(
     The database is the workspace's own (``<workspace>/fiftyone-db``) unless the user set
     ``FIFTYONE_DATABASE_DIR`` or ``FIFTYONE_DATABASE_URI``.
     """
-    manifest = workspace.manifest()
+    prepare_fiftyone_database(workspace_database_dir(workspace))
+    import fiftyone as fo
+
+    name = name or dataset_name(workspace)
+    if fo.dataset_exists(name):  # review decisions taken since the last pull are kept, not overwritten
+        with workspace.lock():
+            record_decisions(workspace, decisions_from_dataset(_open_dataset(fo, name, workspace)))
+    manifest = apply_reviews(workspace.manifest(), read_reviews(workspace))
     if embeddings is not None:
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[0] != manifest.num_rows:
@@ -147,11 +150,7 @@ def sync_to_fiftyone(
                 f"got shape {embeddings.shape}"
             )
     columns, field_types = _sample_columns(workspace, manifest, audit_rows)
-
-    prepare_fiftyone_database(workspace_database_dir(workspace))
-    import fiftyone as fo
-
-    dataset = _open_dataset(fo, name or dataset_name(workspace), workspace)
+    dataset = _open_dataset(fo, name, workspace)
     _drop_extra_fields_not_given(dataset, field_types)
     _declare_fields(fo, dataset, field_types, embeddings)
 
