@@ -17,6 +17,10 @@ import pyarrow as pa
 from fercurate.schema import CANONICAL_LABELS, DEMOGRAPHIC_COLUMNS, UNKNOWN
 
 SPLIT_COLUMN = "split_used"
+#: A label x demographic cell with fewer faces than this (in a split) is flagged as thin.
+THIN_CELL = 20
+#: The demographic columns crossed with the label (ethnicity is too rarely known to cross).
+CROSSED_COLUMNS = ("gender", "age_group")
 
 
 def split_of(rows: pd.DataFrame) -> pd.Series:
@@ -50,6 +54,7 @@ def balance_tables(rows: pd.DataFrame) -> dict[str, Any]:
         }
     return {
         "rows": len(rows),
+        "demographic_cells": {column: demographic_cells(rows, column) for column in CROSSED_COLUMNS},
         "per_split": per_split,
         "shares": shares,
         "imbalance_ratio": imbalance,
@@ -57,6 +62,26 @@ def balance_tables(rows: pd.DataFrame) -> dict[str, Any]:
         "per_subject": per_subject,
         "demographics": demographics,
     }
+
+
+def demographic_cells(rows: pd.DataFrame, column: str, thin_below: int = THIN_CELL) -> pd.DataFrame:
+    """Faces per split x label x value of ``column`` (every known value crossed with every label, so
+    empty cells show), with each cell's share of its label, the share of it that was estimated
+    rather than known, and whether it is thin (a known value with fewer than ``thin_below`` faces)."""
+    split = split_of(rows) if SPLIT_COLUMN not in rows else rows[SPLIT_COLUMN]
+    frame = pd.DataFrame({"split": split.to_numpy(), "label": rows["label"].to_numpy(),
+                          "value": rows[column].to_numpy(),
+                          "estimated": rows[f"{column}_source"].str.startswith("estimated:").to_numpy()})
+    counted = frame.groupby(["split", "label", "value"]).agg(rows=("estimated", "size"), estimated=("estimated", "sum"))
+    values = sorted(set(frame["value"]) - {UNKNOWN}) + ([UNKNOWN] if UNKNOWN in set(frame["value"]) else [])
+    labels = [label for label in CANONICAL_LABELS if label in set(frame["label"])]
+    full = pd.MultiIndex.from_product([sorted(set(frame["split"])), labels, values], names=["split", "label", "value"])
+    cells = counted.reindex(full, fill_value=0).reset_index()
+    per_label = cells.groupby(["split", "label"])["rows"].transform("sum")
+    cells["share_of_label"] = (cells["rows"] / per_label.where(per_label > 0)).fillna(0).round(4)
+    cells["estimated_share"] = (cells["estimated"] / cells["rows"].where(cells["rows"] > 0)).fillna(0).round(4)
+    cells["thin"] = (cells["value"] != UNKNOWN) & (cells["rows"] < thin_below)
+    return cells.drop(columns="estimated")
 
 
 def attach_demographics(manifest: pa.Table, sidecar: Path) -> tuple[pa.Table, dict[str, int]]:

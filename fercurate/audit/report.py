@@ -46,6 +46,31 @@ def plot_class_balance(per_split: pd.DataFrame, target: Path) -> None:
     plt.close(figure)
 
 
+def plot_demographics(cells: dict[str, pd.DataFrame], target: Path) -> None:
+    """One heat map per crossed column: faces per label x value in the largest split, thin cells
+    outlined in red, so the gaps a rebalance should fill stand out."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(cells), figsize=(6 * len(cells), 4), squeeze=False)
+    for axis, (column, table) in zip(axes[0], cells.items()):
+        if table.empty:
+            axis.set_axis_off()
+            continue
+        split = table.groupby("split")["rows"].sum().idxmax()
+        part = table[table["split"] == split]
+        grid = part.pivot(index="label", columns="value", values="rows").reindex(part["label"].unique())
+        thin = part.pivot(index="label", columns="value", values="thin").reindex(grid.index)[grid.columns]
+        axis.imshow(grid.to_numpy(), cmap="Blues", aspect="auto")
+        for (y, x), count in np.ndenumerate(grid.to_numpy()):
+            axis.text(x, y, str(count), ha="center", va="center", fontsize=8,
+                      color="red" if thin.to_numpy()[y, x] else "black")
+        axis.set_xticks(range(len(grid.columns)), grid.columns, rotation=30)
+        axis.set_yticks(range(len(grid.index)), grid.index)
+        axis.set_title(f"label x {column} ({split}; red: thin cells)")
+    figure.tight_layout()
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
+
+
 def plot_quality(rows: pd.DataFrame, thresholds: dict[str, float], target: Path) -> None:
     """Histograms of brightness, contrast and blur, with the thresholds that flag images."""
     plt = _pyplot()
@@ -105,6 +130,7 @@ def write_report(workspace: Workspace, result: AuditResult, directory: Path) -> 
     filepaths = dict(zip(manifest["id"].to_pylist(), manifest["filepath"].to_pylist()))
     plot_class_balance(result.balance["per_split"], directory / "class_balance.png")
     plot_quality(rows, summary["options"]["thresholds"], directory / "quality.png")
+    plot_demographics(result.balance["demographic_cells"], directory / "demographics.png")
 
     shown = result.groups[result.groups["cross_split"] | result.groups["conflicting_labels"]]
     shown = shown.sort_values(["conflicting_labels", "size"], ascending=False).head(_GROUPS_SHOWN)
@@ -152,9 +178,19 @@ def _render(result: AuditResult, shown: pd.DataFrame, issues: pd.DataFrame, mark
         heading("Subjects")
         table(result.balance["per_subject"])
     heading("Demographics")
+    paragraph("Perceived gender and age group are a model's estimate where the source does not document them "
+              "(provenance estimated:<model>): a measure of balance, not anyone's identity.")
     for column, facts in summary["balance"]["demographics"].items():
         paragraph(f"{column}: {facts['unknown_share']:.1%} unknown.")
         table(pd.DataFrame(facts["values"]))
+    for column, cells in result.balance["demographic_cells"].items():
+        thin = cells[cells["thin"]]
+        paragraph(f"label x {column}: faces per split, label and value (share of the label; share estimated). "
+                  f"{len(thin)} thin cells (known value, fewer than 20 faces)"
+                  + (": " + ", ".join(f"{row.label} x {row.value} in {row.split} ({row.rows})"
+                                      for row in thin.head(12).itertuples()) if len(thin) else "") + ".")
+        table(cells.pivot_table(index=["split", "label"], columns="value", values="rows", aggfunc="sum"))
+    image("demographics.png", "label x gender and label x age group")
     heading("Quality")
     table(pd.DataFrame([summary["quality"]]))
     image("quality.png", "quality histograms")

