@@ -414,6 +414,8 @@ def write_card(workspace: Workspace, report: ExportReport, options: ExportOption
         columns=[name for name in SPLITS if name in set(rows["split"])])
     demographics = {column: rows.groupby([column, f"{column}_source"]).size().rename("rows").reset_index()
                     for column in ("gender", "age_group", "ethnicity")}
+    estimated = {column: int(rows[f"{column}_source"].str.startswith("estimated:").sum())
+                 for column in ("gender", "age_group", "ethnicity")}
     synthetic = rows.groupby("label")["is_synthetic"].mean().round(4)
     generators = sorted(rows.loc[rows["is_synthetic"], "generator"].dropna().unique())
     label_sources = rows.groupby(["source", "label_source"]).size().rename("rows").reset_index()
@@ -431,6 +433,7 @@ def write_card(workspace: Workspace, report: ExportReport, options: ExportOption
         synthetic_table=synthetic.to_frame("synthetic share").to_markdown(), generators=generators,
         label_source_table=label_sources.to_markdown(index=False), label_modes=_label_modes(rows),
         rows_with_votes=with_votes, reviews=review_summary(read_reviews(workspace)),
+        estimated_demographics={column: count for column, count in estimated.items() if count},
         audit=audit_summary)
     card.save(str(out / "README.md"))
 
