@@ -1,19 +1,32 @@
 """The ``fercurate`` command line: parses arguments, calls the library, renders the results.
 
 Heavy modules are imported inside the commands that need them, so ``fercurate --help`` starts fast.
+
+Errors take one path (:class:`_Commands`): a :class:`~fercurate.errors.FercurateError` is the user's
+to fix and is printed as ``error: <message>`` (exit status 2, no traceback); any other exception is a
+bug in fercurate, printed as one ``internal error`` line naming the log file that holds its traceback
+(exit status 1). Commands therefore catch nothing themselves. Allowed option values come from
+:mod:`fercurate.options` and are checked by the library's option models, not here.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
+
+from fercurate.errors import FercurateError, OptionError
+from fercurate.options import BALANCE_HELP, DEVICES, ModelName, NoiseModel, Optimizer, Schedule, choices, validated
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -25,7 +38,23 @@ if TYPE_CHECKING:
     from fercurate.train.loop import TrainProgress
     from fercurate.workspace import IngestReport, Workspace
 
+
+class _Commands(TyperGroup):
+    """The command group: the one place where exceptions from a command become messages and exit codes."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException, BrokenPipeError):
+            raise  # help, usage errors and exits of the parser, and `| head` closing the pipe (see main_entry)
+        except FercurateError as error:
+            _fail(error)
+        except Exception as error:  # noqa: BLE001 - anything else is a bug: say so, keep the traceback
+            _internal_error(error)
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="Curate facial-expression-recognition datasets: ingest, audit, rebalance, export, benchmark.",
     no_args_is_help=True,
     add_completion=False,
@@ -46,9 +75,22 @@ ingested fer2013.csv rows), ckplus (the original distribution or CK+48), jaffe, 
 
 
 def _fail(error: Exception | str) -> NoReturn:
-    """Print an error a person can act on (no traceback) and exit with status 2."""
-    errors.print(f"[bold red]error:[/] {error}")
+    """Print an error a person can act on (no traceback) and exit with status 2. The message is
+    printed as written: no markup, and no wrapping at the console's width (a pipe or a log file
+    must get whole lines, whatever the length of the paths in it)."""
+    errors.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _internal_error(error: Exception) -> NoReturn:
+    """Report a bug in one line, with the traceback written to a log file under the temp folder; exit 1."""
+    descriptor, log = tempfile.mkstemp(prefix="fercurate-internal-error-", suffix=".log")
+    with open(descriptor, "w") as handle:
+        handle.write(f"fercurate {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    summary = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+    errors.print(f"[bold red]internal error[/] (a bug in fercurate; please report it with the log): "
+                 f"{escape(summary)}; traceback in {log}", soft_wrap=True)
+    raise typer.Exit(1)
 
 
 @app.callback()
@@ -76,23 +118,20 @@ def ingest(
 ) -> None:
     """Bring a dataset into the workspace in the unified schema (re-running adds nothing new)."""
     from fercurate.sources import SourceError, open_source
-    from fercurate.workspace import Workspace, WorkspaceLocked
+    from fercurate.workspace import Workspace
 
     space = Workspace(workspace)
     options = {"frames": frames, "label_mode": label_mode, "label_map": label_map, "collection": collection,
                "ratings": ratings, "split": split, "image_column": image_column, "label_column": label_column}
-    try:
-        if source == "demo":
-            from fercurate.sources.demo import open_demo
+    if source == "demo":
+        from fercurate.sources.demo import open_demo
 
-            reader = open_demo(Path(path) if path else space.root / "demo-data")
-        elif path is None:
-            raise SourceError(f"give the path of the {source} download: fercurate ingest {source} PATH")
-        else:
-            reader = open_source(source, path, **options)
-        report = _ingest_with_progress(space, reader, quiet=as_json)
-    except (SourceError, WorkspaceLocked) as error:
-        _fail(error)
+        reader = open_demo(Path(path) if path else space.root / "demo-data")
+    elif path is None:
+        raise SourceError(f"give the path of the {source} download: fercurate ingest {source} PATH")
+    else:
+        reader = open_source(source, path, **options)
+    report = _ingest_with_progress(space, reader, quiet=as_json)
     if as_json:
         print(json.dumps({**report.to_dict(), "workspace": str(space.root),
                           "rows_by_split_and_label": _nested_counts(report.rows),
@@ -185,7 +224,7 @@ def _render_report(space: Workspace, report: IngestReport) -> None:
 def audit(
     workspace: WorkspaceOption = None,
     label_noise: Annotated[bool, typer.Option(help="Find likely mislabelled images (k-fold + cleanlab).")] = True,
-    noise_model: Annotated[str, typer.Option(help="auto, hog-mlp or hog-logreg.")] = "auto",
+    noise_model: Annotated[str, typer.Option(help=f"{choices(NoiseModel)}.")] = "auto",
     folds: Annotated[int, typer.Option(help="Cross-validation folds for out-of-sample probabilities.")] = 5,
     near_distance: Annotated[int, typer.Option(help="Max pHash Hamming distance of near duplicates (of 64).")] = 4,
     faces: Annotated[bool, typer.Option(help="Run OpenCV's Haar face detector on every image.")] = True,
@@ -203,32 +242,29 @@ def audit(
     as_json: JsonOption = False,
 ) -> None:
     """Find what is wrong with the data: balance, quality, duplicates and leakage, label noise."""
-    from fercurate.audit.quality import QualityThresholds
-    from fercurate.audit.run import AuditOptions
-    from fercurate.workspace import Workspace, WorkspaceLocked
+    from fercurate.audit.run import AuditOptions, summary_json
+    from fercurate.workspace import Workspace
 
     space = Workspace(workspace)
-    try:
-        options = AuditOptions(thresholds=QualityThresholds(blank_std=blank_std, blur_variance=blur_variance),
-                               detect_faces=faces, near_duplicate_distance=near_distance, label_noise=label_noise,
-                               noise_model=noise_model, folds=folds, seed=seed, demographics=demographics,
-                               estimators=dict(_pair(item) for item in estimator or []))
-        result = _audit_with_progress(space, options, quiet=as_json)
-    except (ValueError, WorkspaceLocked) as error:
-        _fail(error)
+    options = validated(AuditOptions, "audit option",
+                        thresholds={"blank_std": blank_std, "blur_variance": blur_variance}, detect_faces=faces,
+                        near_duplicate_distance=near_distance, label_noise=label_noise, noise_model=noise_model,
+                        folds=folds, seed=seed, demographics=demographics,
+                        estimators=dict(_pair(item) for item in estimator or []))
+    result = _audit_with_progress(space, options, quiet=as_json)
     if fiftyone or app_:
         _sync_fiftyone(space, open_app=app_, address=address, port=port, quiet=as_json)
     if as_json:
-        print(json.dumps({**result.summary, "report": str(result.directory / "report.md")}, indent=2, default=str))
+        print(summary_json({**result.summary, "report": str(result.directory / "report.md")}))
         return
     _render_audit(result)
 
 
 def _pair(text: str) -> tuple[str, str]:
-    """``KEY=VALUE`` as a pair, or a ValueError that shows the expected form."""
+    """``KEY=VALUE`` as a pair, or an OptionError that shows the expected form."""
     key, separator, value = text.partition("=")
     if not separator or not key or not value:
-        raise ValueError(f"expected COLUMN=PATH, got {text!r}")
+        raise OptionError(f"--estimator expects COLUMN=PATH, got {text!r}")
     return key.strip(), value.strip()
 
 
@@ -300,37 +336,30 @@ def run(
     as_json: JsonOption = False,
 ) -> None:
     """Run a pipeline from a YAML recipe: its steps (ingest, audit) in order on its workspace."""
-    from fercurate.audit.run import AuditResult
-    from fercurate.recipes import IngestStep, RecipeError, load_recipe
-    from fercurate.sources import SourceError
-    from fercurate.workspace import Workspace, WorkspaceLocked
+    from fercurate.audit.run import AuditResult, summary_json
+    from fercurate.recipes import IngestStep, load_recipe
+    from fercurate.workspace import Workspace
 
-    try:
-        plan = load_recipe(recipe)
-    except RecipeError as error:
-        _fail(error)
+    plan = load_recipe(recipe)
     space = Workspace(workspace or plan.workspace)
     outputs = []
     for number, step in enumerate(plan.steps, start=1):
         if not as_json:
             console.rule(f"step {number}: {step.kind}")
-        try:
-            if isinstance(step, IngestStep):
-                report = _ingest_with_progress(space, step.reader(space), quiet=as_json)
-                outputs.append({"step": number, "kind": "ingest", **report.to_dict()})
-                if not as_json:
-                    _render_report(space, report)
-            else:
-                result: AuditResult = _audit_with_progress(space, step.audit_options(), quiet=as_json)
-                outputs.append({"step": number, "kind": "audit", **result.summary})
-                if step.fiftyone:
-                    _sync_fiftyone(space, open_app=False, address="127.0.0.1", port=5151, quiet=as_json)
-                if not as_json:
-                    _render_audit(result)
-        except (SourceError, WorkspaceLocked, ValueError) as error:
-            _fail(f"step {number} ({step.kind}): {error}")
+        if isinstance(step, IngestStep):
+            report = _ingest_with_progress(space, step.reader(space), quiet=as_json)
+            outputs.append({"step": number, "kind": "ingest", **report.to_dict()})
+            if not as_json:
+                _render_report(space, report)
+        else:
+            result: AuditResult = _audit_with_progress(space, step.audit_options(), quiet=as_json)
+            outputs.append({"step": number, "kind": "audit", **result.summary})
+            if step.fiftyone:
+                _sync_fiftyone(space, open_app=False, address="127.0.0.1", port=5151, quiet=as_json)
+            if not as_json:
+                _render_audit(result)
     if as_json:
-        print(json.dumps({"workspace": str(space.root), "steps": outputs}, indent=2, default=str))
+        print(summary_json({"workspace": str(space.root), "steps": outputs}))
 
 
 def _sync_fiftyone(space: Workspace, open_app: bool, address: str, port: int, quiet: bool) -> None:
@@ -338,20 +367,14 @@ def _sync_fiftyone(space: Workspace, open_app: bool, address: str, port: int, qu
     from fercurate.audit.fiftyone_app import launch_app
     from fercurate.audit.fiftyone_sync import sync_audit_to_fiftyone
 
-    try:
-        with errors.status("syncing to FiftyOne"):
-            dataset = sync_audit_to_fiftyone(space)
-    except RuntimeError as error:
-        _fail(error)
+    with errors.status("syncing to FiftyOne"):
+        dataset = sync_audit_to_fiftyone(space)
     views = ", ".join(dataset.list_saved_views())
     if not quiet:
         console.print(f"FiftyOne dataset [bold]{dataset.name}[/]: {len(dataset)} samples; saved views: {views}")
     if not open_app:
         return
-    try:
-        handle = launch_app(dataset, address=address, port=port)
-    except (RuntimeError, OSError) as error:
-        _fail(error)
+    handle = launch_app(dataset, address=address, port=port)
     errors.print(f"FiftyOne App: [bold]{handle.dataset_url}[/] (Ctrl-C to stop)")
     try:
         handle.session.wait()
@@ -366,11 +389,13 @@ def app_command(
     port: Annotated[int, typer.Option(help="Port to serve the App on.")] = 5151,
 ) -> None:
     """Sync the workspace (and its latest audit) into FiftyOne and open the App in remote mode."""
+    from fercurate.errors import WorkspaceError
     from fercurate.workspace import Workspace
 
     space = Workspace(workspace)
+    space.require()
     if not space.manifest_path.exists():
-        _fail(f"{space.root} holds no rows: run `fercurate ingest` first")
+        raise WorkspaceError(f"{space.root} holds no rows", "run `fercurate ingest` first")
     _sync_fiftyone(space, open_app=True, address=address, port=port, quiet=False)
 
 
@@ -398,22 +423,22 @@ def _training_progress() -> tuple[Progress, Callable[[str, TrainProgress], None]
 def train_command(
     output: Annotated[Path, typer.Argument(help="Run folder: checkpoints, metrics.json, confusion.png, model.onnx.")],
     workspace: WorkspaceOption = None,
-    model: Annotated[str, typer.Option(help="vgg (compact VGG, the strong baseline) or mobilenet_v2.")] = "vgg",
+    model: Annotated[str, typer.Option(help=f"{choices(ModelName)} (vgg: compact VGG, the strong baseline).")] = "vgg",
     epochs: Annotated[int, typer.Option(help="Epochs (the schedule shrinks to fit --max-minutes).")] = 40,
     max_minutes: Annotated[Optional[float], typer.Option(help="Time budget; the best model so far is kept.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Default 64 on CPU, 256 on a GPU.")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
-    optimizer: Annotated[str, typer.Option(help="adamw or sgd.")] = "adamw",
-    schedule: Annotated[str, typer.Option(help="onecycle or cosine.")] = "onecycle",
+    optimizer: Annotated[str, typer.Option(help=f"{choices(Optimizer)}.")] = "adamw",
+    schedule: Annotated[str, typer.Option(help=f"{choices(Schedule)}.")] = "onecycle",
     class_weights: Annotated[bool, typer.Option(help="Weight the loss by inverse class frequency.")] = False,
     balanced_sampler: Annotated[bool, typer.Option(help="Draw every class equally often.")] = False,
     split_strategy: Annotated[str, typer.Option(help="official (FER2013's splits) or grouped.")] = "official",
     sources: Annotated[Optional[str], typer.Option(help="Train and test on these sources only.")] = None,
-    balance: Annotated[Optional[str], typer.Option(help="Rebalance the training split (see export).")] = None,
+    balance: Annotated[Optional[str], typer.Option(help=f"Rebalance the training split: {BALANCE_HELP}.")] = None,
     tta: Annotated[bool, typer.Option(help="Test-time flip averaging.")] = False,
     onnx: Annotated[bool, typer.Option(help="Export model.onnx and check it against PyTorch.")] = True,
     resume: Annotated[bool, typer.Option(help="Continue the run in OUTPUT from its last checkpoint.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help=f"{choices(DEVICES)} (or cuda:N; gpu means cuda).")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     as_json: JsonOption = False,
 ) -> None:
@@ -424,18 +449,15 @@ def train_command(
     from fercurate.workspace import Workspace
 
     space = Workspace(workspace)
-    try:
-        config = TrainConfig(model=model, epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr,
-                             optimizer=optimizer, schedule=schedule, class_weights=class_weights,
-                             balanced_sampler=balanced_sampler, device=device, seed=seed)
-        bar, update = _training_progress()
-        with bar:
-            summary = train_on_workspace(
-                space, config, output, SplitOptions(strategy=split_strategy, seed=seed),
-                [name.strip() for name in sources.split(",")] if sources else None, balance, resume, tta, onnx,
-                progress=None if as_json else (lambda event: update(model, event)))
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
-        _fail(error)
+    config = validated(TrainConfig, "train option", model=model, epochs=epochs, max_minutes=max_minutes,
+                       batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
+                       class_weights=class_weights, balanced_sampler=balanced_sampler, device=device, seed=seed)
+    split = validated(SplitOptions, "split option", strategy=split_strategy, seed=seed)
+    bar, update = _training_progress()
+    with bar:
+        summary = train_on_workspace(
+            space, config, output, split, [name.strip() for name in sources.split(",")] if sources else None,
+            balance, resume, tta, onnx, progress=None if as_json else (lambda event: update(model, event)))
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return
@@ -464,7 +486,7 @@ def _render_metrics(metrics: dict[str, Any], title: str) -> None:
 def benchmark(
     output: Annotated[Path, typer.Argument(help="Folder for benchmark.md/.html/.json, plots and runs.")],
     workspace: WorkspaceOption = None,
-    model: Annotated[str, typer.Option(help="vgg or mobilenet_v2.")] = "vgg",
+    model: Annotated[str, typer.Option(help=f"{choices(ModelName)}.")] = "vgg",
     minutes: Annotated[float, typer.Option(help="Time budget per training set.")] = 10.0,
     epochs: Annotated[int, typer.Option(help="Epochs per training set (shrunk to fit the budget).")] = 40,
     arms: Annotated[str, typer.Option(help="Training sets: original, class-weighted, balanced-sampler, "
@@ -472,25 +494,23 @@ def benchmark(
     rebalance: Annotated[str, typer.Option(help="Target of the rebalanced set (uniform:N, cap:N, ...).")] = "cap:4000",
     train_source: Annotated[str, typer.Option(help="Source trained on; the others are cross-dataset tests.")] = "fer2013",
     tta: Annotated[bool, typer.Option(help="Test-time flip averaging.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help=f"{choices(DEVICES)} (or cuda:N; gpu means cuda).")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed shared by every training set.")] = 0,
     as_json: JsonOption = False,
 ) -> None:
     """Train the same model on several training sets and test each on FER2013, CK+, JAFFE and occlusion."""
-    from fercurate.train.loop import TrainConfig
     from fercurate.train.runs import BenchmarkConfig, benchmark_table, run_benchmark
     from fercurate.workspace import Workspace
 
-    try:
-        config = BenchmarkConfig(train=TrainConfig(model=model, epochs=epochs, max_minutes=minutes, device=device,
-                                                   seed=seed),
-                                 arms=[name.strip() for name in arms.split(",")], rebalance_target=rebalance,
-                                 train_source=train_source, tta_flip=tta)
-        bar, update = _training_progress()
-        with bar:
-            report = run_benchmark(Workspace(workspace), config, output, progress=None if as_json else update)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
-        _fail(error)
+    config = validated(BenchmarkConfig, "benchmark option",
+                       train={"model": model, "epochs": epochs, "max_minutes": minutes, "device": device, "seed": seed},
+                       arms=[name.strip() for name in arms.split(",")], rebalance_target=rebalance,
+                       train_source=train_source, tta_flip=tta)
+    space = Workspace(workspace)
+    space.require()
+    bar, update = _training_progress()
+    with bar:
+        report = run_benchmark(space, config, output, progress=None if as_json else update)
     if as_json:
         print(json.dumps(report, indent=2, default=str))
         return
@@ -521,8 +541,7 @@ def export(
                                                           "manifest, fiftyone.")] = "imagefolder,hf,fer2013-csv,manifest",
     split_strategy: Annotated[str, typer.Option(help="official (keep source splits, fix leakage) or grouped.")] = "official",
     folds: Annotated[str, typer.Option(help="grouped: train:validation:test proportion in folds.")] = "8:1:1",
-    balance: Annotated[Optional[str], typer.Option(
-        help="Training split target: uniform, uniform:N, cap:N, or label=share,... (e.g. anger=1,disgust=1).")] = None,
+    balance: Annotated[Optional[str], typer.Option(help=f"Training split target: {BALANCE_HELP}.")] = None,
     kfold: Annotated[Optional[int], typer.Option(help="Also write subject-independent fold numbers (k).")] = None,
     sources: Annotated[Optional[str], typer.Option(help="Only these sources (comma-separated).")] = None,
     exclude_flag: Annotated[Optional[list[str]], typer.Option(help="Leave out rows with this flag (repeatable).")] = None,
@@ -531,24 +550,19 @@ def export(
     as_json: JsonOption = False,
 ) -> None:
     """Write balanced, leakage-free splits in common formats, with a dataset card."""
-    from fercurate.export import ExportError, ExportOptions, export_dataset
-    from fercurate.splits import SplitOptions
-    from fercurate.workspace import Workspace, WorkspaceLocked
+    from fercurate.export import ExportOptions, export_dataset
+    from fercurate.options import parse_balance
+    from fercurate.workspace import Workspace
 
     space = Workspace(workspace)
-    try:
-        target: str | dict[str, float] | None = balance
-        if balance and "=" in balance:
-            target = {key.strip(): float(value) for key, value in (item.split("=", 1) for item in balance.split(","))}
-        options = ExportOptions(
-            formats=[name.strip() for name in formats.split(",") if name.strip()],
-            split=SplitOptions(strategy=split_strategy, folds=tuple(int(part) for part in folds.split(":")), seed=seed),
-            balance=target, kfold=kfold, overwrite=overwrite, exclude_flags=exclude_flag or [],
-            sources=[name.strip() for name in sources.split(",")] if sources else None)
-        with errors.status("exporting") as status:
-            report = export_dataset(space, output, options, progress=lambda name: status.update(f"writing {name}"))
-    except (ExportError, WorkspaceLocked, ValueError) as error:
-        _fail(error)
+    space.require()
+    options = validated(
+        ExportOptions, "export option", formats=[name.strip() for name in formats.split(",") if name.strip()],
+        split={"strategy": split_strategy, "folds": folds.split(":"), "seed": seed},
+        balance=parse_balance(balance) if balance is not None else None, kfold=kfold, overwrite=overwrite,
+        exclude_flags=exclude_flag or [], sources=[name.strip() for name in sources.split(",")] if sources else None)
+    with errors.status("exporting") as status:
+        report = export_dataset(space, output, options, progress=lambda name: status.update(f"writing {name}"))
     summary = report.to_dict()
     if as_json:
         print(json.dumps(summary, indent=2, default=str))

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fercurate.errors import RecipeError
+from fercurate.options import option_error
 from fercurate.audit.run import AuditOptions, AuditResult, audit_workspace
 from fercurate.sources import SOURCES, Source, SourceError, open_source
 from fercurate.workspace import IngestReport, Workspace
@@ -75,6 +76,8 @@ def load_recipe(path: str | Path) -> Recipe:
         document = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise RecipeError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(document, dict):
+        raise RecipeError(f"{path} must be a mapping with 'workspace' and 'steps'", "see recipes/quickstart.yaml")
     steps = []
     for number, entry in enumerate(document.get("steps") or [], start=1):
         if not isinstance(entry, dict) or len(entry) != 1:
@@ -86,7 +89,7 @@ def load_recipe(path: str | Path) -> Recipe:
         try:
             step = model.model_validate(body or {})
         except ValidationError as error:
-            raise RecipeError(f"step {number} ({kind}) of {path.name}: {error}") from None
+            raise RecipeError(f"step {number} ({kind}) of {path.name}: {option_error(error, kind).message}") from None
         if isinstance(step, IngestStep) and step.source not in (*SOURCES, "demo"):
             raise RecipeError(f"step {number} of {path.name}: unknown source {step.source!r}")
         steps.append(step)

@@ -16,7 +16,13 @@ updates only the columns it names. Skips are replaced per (source, input) on eac
 Writes are atomic: images are written to a temporary name and renamed into place, and the
 manifest is replaced in one rename only after every image of the run is on disk. A killed
 ingest therefore leaves the previous manifest intact, and re-running it completes the work
-(images already present are not written again).
+(images already present are not written again). Files are created with the modes the user's
+umask gives (as ``open`` would), never narrower.
+
+Locking: writers (ingest, audit) hold :meth:`Workspace.lock` exclusively; readers (export) hold it
+shared, which works on a read-only workspace too. Only a writer creates the folder; if the run that
+created it fails, it removes the folder again. A missing workspace, a path that is a file, a
+read-only folder for a writer, and a damaged manifest are :class:`WorkspaceError`s saying what to do.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -127,6 +134,15 @@ class Workspace:
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_workspace()
+        if self.root.exists() and not self.root.is_dir():
+            raise WorkspaceError(f"the workspace {self.root} is a file, not a folder",
+                                 "give --workspace a folder (`fercurate ingest` creates it)")
+
+    def require(self) -> None:
+        """Refuse a workspace that does not exist: commands that read one never create it."""
+        if not self.root.is_dir():
+            raise WorkspaceError(f"there is no workspace at {self.root}",
+                                 "run `fercurate ingest` first, or give the workspace with --workspace")
 
     @property
     def manifest_path(self) -> Path:
@@ -144,49 +160,68 @@ class Workspace:
 
     def manifest(self) -> pa.Table:
         """All rows (an empty table with the row schema when nothing was ingested yet)."""
-        if not self.manifest_path.exists():
-            return ROW_SCHEMA.empty_table()
-        return pq.read_table(self.manifest_path, schema=ROW_SCHEMA)
+        return _read_parquet(self.manifest_path, ROW_SCHEMA)
 
     def skips(self) -> pa.Table:
         """Every skip recorded by the latest run of each (source, input)."""
-        if not self.skips_path.exists():
-            return SKIP_SCHEMA.empty_table()
-        return pq.read_table(self.skips_path, schema=SKIP_SCHEMA)
+        return _read_parquet(self.skips_path, SKIP_SCHEMA)
 
     def history(self) -> list[dict[str, Any]]:
         """One record per completed ingest run, oldest first."""
         if not self.history_path.exists():
             return []
-        return [json.loads(line) for line in self.history_path.read_text().splitlines() if line]
+        try:
+            return [json.loads(line) for line in self.history_path.read_text().splitlines() if line]
+        except json.JSONDecodeError as error:
+            raise WorkspaceError(f"{self.history_path} is damaged (line {error.lineno}: {error.msg})",
+                                 "remove the broken line; the history is a log, the manifest is unaffected") from None
 
     def image_path(self, row_filepath: str) -> Path:
         """Absolute path of a row's image."""
         return self.root / row_filepath
 
+    def missing_images(self, table: pa.Table) -> list[str]:
+        """The ``filepath`` values of ``table``'s rows whose image file is not in the workspace
+        (deleted by hand, or a partial copy of the workspace), each once, in order."""
+        return [path for path in dict.fromkeys(table["filepath"].to_pylist()) if not (self.root / path).is_file()]
+
     # writing
 
     @contextmanager
-    def lock(self, timeout: float = 600.0) -> Iterator[None]:
-        """Hold the workspace's write lock; wait up to ``timeout`` seconds for another writer."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as handle:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as error:
-                    if error.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if time.monotonic() >= deadline:
-                        raise WorkspaceLocked(
-                            f"{self.root} is being written by another fercurate process; "
-                            "wait for it to finish or use another --workspace"
-                        ) from None
-                    time.sleep(0.1)
+    def lock(self, timeout: float = 600.0, shared: bool = False) -> Iterator[None]:
+        """Hold the workspace's lock, waiting up to ``timeout`` seconds for other holders.
+
+        Exclusive (the default) is for writers: it creates the workspace folder if needed (and
+        removes it again if the body fails before anything was committed) and refuses a read-only
+        folder. ``shared`` is for readers: many may hold it at once, never alongside a writer; it
+        needs an existing workspace and works on a read-only one (where no writer can run).
+        """
+        created = False
+        if shared:
+            self.require()
+            handle = _open_reader_lock(self.root / ".lock")
+        else:
+            created = not self.root.exists()
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise WorkspaceError(f"cannot create the workspace {self.root} ({error.strerror})",
+                                     "choose a folder you can write to") from None
+            if not os.access(self.root, os.W_OK):
+                raise WorkspaceError(f"the workspace {self.root} is read-only",
+                                     "make it writable, or copy it somewhere writable and use that copy")
+            handle = open(self.root / ".lock", "a+")
+        if handle is None:  # a read-only workspace without a lock file: nobody can be writing it
+            yield
+            return
+        with handle:
+            _acquire(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, timeout, self.root)
             try:
                 yield
+            except BaseException:
+                if not shared and created and not self.manifest_path.exists():
+                    shutil.rmtree(self.root, ignore_errors=True)  # nothing committed: leave no empty workspace
+                raise
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -295,8 +330,7 @@ class Workspace:
                 continue
             sha1 = pixel_sha1(pixels)
             target = os.path.join(root, image_relpath(sha1))
-            if not os.path.exists(target):
-                _atomic_write_png(pixels, target)
+            if not os.path.exists(target) and _atomic_write_png(pixels, target):
                 written += 1
             height, width = pixels.shape[:2]
             results.append((sha1, (height, width, 1 if pixels.ndim == 2 else pixels.shape[2])))
@@ -342,21 +376,78 @@ class Workspace:
             [(key, "ascending") for key in keys])
 
 
+def current_umask() -> int:
+    """This process's umask. Files made by ``tempfile.mkstemp`` (0o600) and ``mkdtemp`` (0o700) are
+    widened to ``0o666 & ~umask`` and ``0o777 & ~umask``, the modes ``open`` and ``mkdir`` give.
+    Read from /proc where it can be: setting the umask to read it races with other threads."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration):
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return umask
+
+
+def _read_parquet(path: Path, schema: pa.Schema) -> pa.Table:
+    """A workspace table (empty when absent), or a :class:`WorkspaceError` naming the damaged file."""
+    if not path.exists():
+        return schema.empty_table()
+    try:
+        return pq.read_table(path, schema=schema)
+    except (pa.ArrowException, OSError) as error:
+        raise WorkspaceError(f"{path} is damaged or truncated and cannot be read ({error})",
+                             "restore it from a backup, or move it aside and re-run `fercurate ingest` for each "
+                             "source (images already stored are reused)") from None
+
+
+def _open_reader_lock(path: Path) -> Any:
+    """The lock file for a reader: created if the workspace is writable, else opened read-only
+    (flock needs no write access); None in a read-only workspace without one (no writer can be
+    using it)."""
+    try:
+        return open(path, "a+")
+    except OSError as error:
+        if not isinstance(error, PermissionError) and error.errno != errno.EROFS:
+            raise
+        return open(path) if path.exists() else None
+
+
+def _acquire(handle: Any, kind: int, timeout: float, root: Path) -> None:
+    """flock ``handle`` (``LOCK_SH`` or ``LOCK_EX``), polling until ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, kind | fcntl.LOCK_NB)
+            return
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            if time.monotonic() >= deadline:
+                raise WorkspaceLocked(
+                    f"{root} is being written by another fercurate process; "
+                    "wait for it to finish or use another --workspace"
+                ) from None
+            time.sleep(0.1)
+
+
 def _atomic_write_parquet(table: pa.Table, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(descriptor)
     try:
         pq.write_table(table, temporary)
+        os.chmod(temporary, 0o666 & ~current_umask())
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
-def _atomic_write_png(pixels: np.ndarray, target: str) -> None:
-    """Write pixels as PNG under a temporary name, then rename into place. Images that fit one
-    filesystem block either way are stored uncompressed, which is twice as fast to write."""
+def _atomic_write_png(pixels: np.ndarray, target: str) -> bool:
+    """Write pixels as PNG under a temporary name, then link it into place unless ``target`` exists
+    already; returns whether this call created it (so concurrent writers of one image count it once).
+    Images that fit one filesystem block either way are stored uncompressed, twice as fast to write."""
     bgr = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
     level = 0 if pixels.size <= _SMALL_IMAGE_BYTES else 3
     ok, encoded = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, level])
@@ -364,12 +455,20 @@ def _atomic_write_png(pixels: np.ndarray, target: str) -> None:
         raise OSError(f"could not encode {target} as PNG")
     temporary = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-        with open(temporary, "wb") as handle:
-            handle.write(encoded.data)
-        os.replace(temporary, target)
-    except FileNotFoundError:  # first image of its prefix folder
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        _atomic_write_png(pixels, target)
-    except BaseException:
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(encoded.data)
+        except FileNotFoundError:  # first image of its prefix folder
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            return _atomic_write_png(pixels, target)
+        try:
+            os.link(temporary, target)  # fails if another writer got there first: exactly one creates it
+        except FileExistsError:
+            return False
+        except OSError as error:  # a filesystem without hard links (FAT, some network shares)
+            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+                raise
+            os.replace(temporary, target)
+        return True
+    finally:
         Path(temporary).unlink(missing_ok=True)
-        raise

@@ -12,6 +12,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
+from fercurate.errors import TrainError
 from fercurate.sources.demo import draw_demo_faces, open_demo
 from fercurate.train import (
     Augmentation,
@@ -99,7 +100,7 @@ def test_load_images_converts_colour_and_size_and_reports_missing_files(tmp_path
     assert images.shape == (2, 48, 48) and images.dtype == np.uint8
     assert images[0, :, :20].mean() == pytest.approx(76, abs=1) and images[0, :, 28:].max() == 0
     assert (images[1] == 7).all()
-    with pytest.raises(FileNotFoundError, match="1 image"):
+    with pytest.raises(TrainError, match="1 image"):
         load_images(tmp_path, ["gray.png", "missing.png"])
 
 
@@ -204,7 +205,7 @@ def test_resume_continues_exactly(demo_sets: tuple[FaceDataset, FaceDataset], tm
     with pytest.raises(KeyboardInterrupt):
         train_datasets(config, *demo_sets, CLASSES, output_dir=tmp_path / "resumed", progress=crash_in_epoch_two)
     assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["global_step"] == 7
-    with pytest.raises(FileExistsError):
+    with pytest.raises(TrainError, match="--resume"):
         train_datasets(config, *demo_sets, CLASSES, output_dir=tmp_path / "resumed")
     with pytest.raises(ValueError, match="config.lr"):
         train_datasets(tiny_config(lr=0.5), *demo_sets, CLASSES, output_dir=tmp_path / "resumed", resume=True)

@@ -1,16 +1,22 @@
-"""The workspace: merge rules, idempotent re-ingest, atomic commits, and the write lock."""
+"""The workspace: merge rules, idempotent re-ingest, atomic commits, the lock (writers and readers),
+exact image counts, file modes that follow the umask, and clear errors for damaged workspaces."""
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import pytest
 from conftest import face_pixels, pixel_string, write_fer2013_csv
 
 from fercurate import workspace as workspace_module
+from fercurate.errors import SourceError, WorkspaceError
 from fercurate.sources import Fer2013Csv, open_source
 from fercurate.workspace import Workspace, WorkspaceLocked, pixel_sha1
 
@@ -106,3 +112,69 @@ def test_pixel_sha1_depends_on_pixels_and_shape() -> None:
     assert pixel_sha1(pixels) == pixel_sha1(pixels.copy())
     assert pixel_sha1(pixels) != pixel_sha1(pixels.reshape(24, 96))
     assert len(pixel_sha1(pixels)) == 40
+
+
+def test_failed_first_ingest_leaves_no_workspace(tmp_path: Path) -> None:
+    class Broken(Fer2013Csv):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield from islice(super().__iter__(), 2)
+            raise SourceError("the archive ends early")
+
+    space = Workspace(tmp_path / "new")
+    with pytest.raises(SourceError):
+        space.ingest(Broken(csv_of(tmp_path / "a.csv", range(5))))
+    assert not space.root.exists()
+    space.ingest(open_source("fer2013", csv_of(tmp_path / "b.csv", range(3))))
+    with pytest.raises(SourceError):  # an existing workspace is never removed
+        space.ingest(Broken(csv_of(tmp_path / "a.csv", range(5))))
+    assert space.manifest().num_rows == 3
+
+
+def test_images_written_counts_each_new_file_once(tmp_path: Path) -> None:
+    seeds = [1, 2, 1, 3, 2]  # rows 3 and 5 repeat the pixels of rows 1 and 2
+    path = write_fer2013_csv(tmp_path / "a.csv", [("0", pixel_string(face_pixels(seed)), "Training") for seed in seeds])
+    report = Workspace(tmp_path / "ws").ingest(open_source("fer2013", path), workers=4)
+    assert report.rows_added == 5 and report.images_written == 3
+    target = str(tmp_path / "race" / "ab" / "x.png")
+    with ThreadPoolExecutor(8) as pool:
+        created = list(pool.map(lambda _: workspace_module._atomic_write_png(face_pixels(7), target), range(32)))
+    assert created.count(True) == 1 and len(os.listdir(Path(target).parent)) == 1
+
+
+def test_files_follow_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        space = Workspace(tmp_path / "ws")
+        space.ingest(open_source("fer2013", csv_of(tmp_path / "a.csv", range(3))))
+        assert workspace_module.current_umask() == 0o022
+        for path in (space.manifest_path, space.skips_path, next((space.root / "images").rglob("*.png"))):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    finally:
+        os.umask(previous)
+
+
+def test_damaged_workspaces_are_workspace_errors(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WorkspaceError, match="is a file, not a folder"):
+        Workspace(tmp_path / "file")
+    with pytest.raises(WorkspaceError, match="there is no workspace"):
+        with Workspace(tmp_path / "none").lock(shared=True):
+            pass
+    assert not (tmp_path / "none").exists()
+    space = Workspace(tmp_path / "ws")
+    space.ingest(open_source("fer2013", csv_of(tmp_path / "a.csv", range(3))))
+    space.skips_path.write_bytes(b"PAR1 truncated")
+    with pytest.raises(WorkspaceError, match="skips.parquet is damaged or truncated"):
+        space.skips()
+    space.history_path.write_text('{"ok": 1}\n{"broken\n')
+    with pytest.raises(WorkspaceError, match="history.jsonl is damaged"):
+        space.history()
+
+
+def test_readers_share_the_lock_and_writers_wait(tmp_path: Path) -> None:
+    space = Workspace(tmp_path / "ws")
+    space.ingest(open_source("fer2013", csv_of(tmp_path / "a.csv", range(3))))
+    with space.lock(shared=True), Workspace(space.root).lock(shared=True, timeout=0.2):
+        with pytest.raises(WorkspaceLocked):
+            with Workspace(space.root).lock(timeout=0.2):
+                pass

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from fercurate.audit.balance import with_demographic
+from fercurate.errors import AuditError
 from fercurate.schema import DEMOGRAPHIC_COLUMNS, UNKNOWN
 
 _BATCH = 512
@@ -33,7 +34,8 @@ def estimator_classes(model_path: Path, session: Any) -> list[str]:
     sidecar = model_path.with_name(model_path.name + ".json")
     if sidecar.is_file():
         return list(json.loads(sidecar.read_text())["classes"])
-    raise ValueError(f"{model_path} names no classes: add metadata 'classes' (JSON list) or {sidecar.name}")
+    raise AuditError(f"the estimator {model_path} names no classes",
+                     f"add the metadata property 'classes' (a JSON list) or a file {sidecar.name} beside it")
 
 
 def estimate_demographic(manifest: pa.Table, workspace_root: Path, column: str, model_path: Path,
@@ -45,9 +47,9 @@ def estimate_demographic(manifest: pa.Table, workspace_root: Path, column: str, 
     import onnxruntime
 
     if column not in DEMOGRAPHIC_COLUMNS:
-        raise ValueError(f"{column!r} is not one of {', '.join(DEMOGRAPHIC_COLUMNS)}")
+        raise AuditError(f"--estimator names the column {column!r}", f"use one of {', '.join(DEMOGRAPHIC_COLUMNS)}")
     if not model_path.is_file():
-        raise ValueError(f"estimator model {model_path} does not exist (give a local .onnx file)")
+        raise AuditError(f"estimator model {model_path} does not exist", "give the path of a local .onnx file")
     session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     classes = estimator_classes(model_path, session)
     input_name = session.get_inputs()[0].name
@@ -75,5 +77,6 @@ def estimate_demographic(manifest: pa.Table, workspace_root: Path, column: str, 
 def _gray48(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:
-        raise ValueError(f"cannot read {path}")
+        raise AuditError(f"cannot read the workspace image {path}",
+                         "re-run `fercurate ingest` of its source to restore it")
     return image if image.shape == (48, 48) else cv2.resize(image, (48, 48), interpolation=cv2.INTER_AREA)

@@ -20,8 +20,10 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
+from fercurate.errors import OptionError
 from fercurate.schema import CANONICAL_LABELS
 
+#: What each :data:`fercurate.options.NoiseModel` value means (the same keys).
 NOISE_MODELS = {
     "auto": "hog-mlp from 2,000 audited images on, hog-logreg below (an MLP overfits small sets)",
     "hog-mlp": "HOG features (PCA) into a one-hidden-layer MLP (256 units)",
@@ -49,7 +51,7 @@ def _model(name: str, seed: int) -> Any:
         return MLPClassifier((256,), max_iter=30, early_stopping=True, alpha=1e-3, random_state=seed)
     if name == "hog-logreg":
         return LogisticRegression(max_iter=300)
-    raise ValueError(f"unknown noise model {name!r}: use {', '.join(NOISE_MODELS)}")
+    raise OptionError(f"unknown noise model {name!r}", f"use one of {', '.join(NOISE_MODELS)}")
 
 
 @dataclass

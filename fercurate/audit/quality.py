@@ -4,6 +4,10 @@ and the perceptual hash that duplicate search uses.
 Each image is read once (in a thread pool: OpenCV releases the GIL); the per-image work is a
 handful of OpenCV calls, and the perceptual hashes of all images are computed together as one
 batched DCT.
+
+An image file missing from the workspace is *missing*, not unreadable, and neither kind is measured:
+its brightness, contrast and blur stay 0 and no quality flag but ``missing_image`` (or
+``unreadable``) is set on it, so one lost file counts once, under its real cause.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from pydantic import BaseModel, Field
+
+from fercurate.errors import AuditError
 
 THUMB = 48  # side of the gray thumbnails kept for hashing, features and contact sheets
 _HASH_INPUT = 32  # pHash: DCT of a 32x32 image, 8x8 lowest frequencies
@@ -44,6 +50,7 @@ class QualityResult:
     blur: np.ndarray
     face_detected: np.ndarray
     readable: np.ndarray
+    missing: np.ndarray  # the file does not exist (readable is False too)
     thumbnails: np.ndarray
     phash: np.ndarray  # uint64
 
@@ -51,7 +58,8 @@ class QualityResult:
 def _detector() -> cv2.CascadeClassifier:
     cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml"))
     if cascade.empty():
-        raise RuntimeError("OpenCV's bundled Haar cascade is missing: install opencv-python-headless<5")
+        raise AuditError("OpenCV's bundled Haar cascade is missing",
+                         "reinstall opencv-python-headless<5, or audit with --no-faces")
     return cascade
 
 
@@ -66,6 +74,7 @@ def measure_images(paths: Sequence[str], thresholds: QualityThresholds | None = 
     blur = np.zeros(count, np.float32)
     face = np.zeros(count, bool)
     readable = np.zeros(count, bool)
+    missing = np.zeros(count, bool)
     thumbs = np.zeros((count, THUMB, THUMB), np.uint8)
     hash_input = np.zeros((count, _HASH_INPUT, _HASH_INPUT), np.float32)
 
@@ -73,6 +82,9 @@ def measure_images(paths: Sequence[str], thresholds: QualityThresholds | None = 
         cascade = _detector() if detect_faces else None  # one per chunk: detectors are not thread-safe
         stop = min(start + _CHUNK, count)
         for i in range(start, stop):
+            if not os.path.isfile(paths[i]):
+                missing[i] = True
+                continue
             image = cv2.imread(paths[i], cv2.IMREAD_GRAYSCALE)
             if image is None:
                 continue
@@ -91,7 +103,7 @@ def measure_images(paths: Sequence[str], thresholds: QualityThresholds | None = 
         for done in pool.map(measure, range(0, count, _CHUNK)):
             if progress is not None:
                 progress(done)
-    return QualityResult(brightness, contrast, blur, face, readable, thumbs, perceptual_hashes(hash_input))
+    return QualityResult(brightness, contrast, blur, face, readable, missing, thumbs, perceptual_hashes(hash_input))
 
 
 def _has_face(cascade: cv2.CascadeClassifier, thumb: np.ndarray, min_neighbors: int) -> bool:
@@ -121,7 +133,8 @@ def perceptual_hashes(images: np.ndarray) -> np.ndarray:
 
 def quality_flags(result: QualityResult, areas: np.ndarray, sources: np.ndarray,
                   thresholds: QualityThresholds | None = None) -> dict[str, np.ndarray]:
-    """Boolean flags per image: blank, blurry, too dark, too bright, size anomaly, unreadable."""
+    """Boolean flags per image: blank, blurry, too dark, too bright, size anomaly, unreadable, missing
+    image. An image that is missing or unreadable gets only that flag."""
     thresholds = thresholds or QualityThresholds()
     size_anomaly = np.zeros(len(areas), bool)
     for source in np.unique(sources):
@@ -129,11 +142,13 @@ def quality_flags(result: QualityResult, areas: np.ndarray, sources: np.ndarray,
         median = np.median(areas[mask])
         ratio = areas[mask] / max(median, 1)
         size_anomaly[mask] = (ratio > thresholds.size_ratio) | (ratio < 1 / thresholds.size_ratio)
+    size_anomaly &= result.readable
     return {
         "is_blank": result.readable & (result.contrast < thresholds.blank_std),
         "is_blurry": result.readable & (result.blur < thresholds.blur_variance),
         "too_dark": result.readable & (result.brightness < thresholds.dark_mean),
         "too_bright": result.readable & (result.brightness > thresholds.bright_mean),
         "size_anomaly": size_anomaly,
-        "unreadable": ~result.readable,
+        "unreadable": ~result.readable & ~result.missing,
+        "missing_image": result.missing,
     }

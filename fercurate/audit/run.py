@@ -8,12 +8,17 @@ its findings in ``<workspace>/audit/``:
     duplicate_groups.parquet  one row per near-duplicate group: members, splits, labels
     label_issues.parquet      likely mislabelled faces, worst first
     embeddings.npy            the feature vectors (manifest order) FiftyOne's Brain uses
-    summary.json              the figures the report and ``--json`` show
+    summary.json              the figures the report and ``--json`` show (strict JSON: a figure
+                              that cannot be computed, such as an accuracy over no rows, is null)
+
+The workspace must exist (the audit never creates one), and its inputs (the demographics sidecar,
+estimator models) are checked before any work: bad ones are :class:`~fercurate.errors.AuditError`s.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,8 +33,10 @@ from pydantic import BaseModel, Field
 from fercurate.audit.balance import attach_demographics, balance_tables, split_of
 from fercurate.audit.duplicates import find_duplicates
 from fercurate.audit.estimators import estimate_demographic
-from fercurate.audit.label_noise import NOISE_MODELS, ferplus_agreement, find_label_issues, image_features
+from fercurate.audit.label_noise import ferplus_agreement, find_label_issues, image_features
 from fercurate.audit.quality import QualityThresholds, measure_images, quality_flags
+from fercurate.errors import AuditError
+from fercurate.options import NoiseModel
 from fercurate.workspace import Workspace
 
 Progress = Callable[[str, int, int | None], None]  # (step, advance, total)
@@ -42,7 +49,8 @@ class AuditOptions(BaseModel):
     detect_faces: bool = True
     near_duplicate_distance: int = Field(4, ge=0, le=64, description="max Hamming distance of 64-bit pHashes")
     label_noise: bool = True
-    noise_model: str = Field("auto", description=f"one of {', '.join(NOISE_MODELS)}")
+    noise_model: NoiseModel = Field("auto", description="the quick model whose out-of-sample probabilities "
+                                    "cleanlab reads (see label_noise.NOISE_MODELS)")
     folds: int = Field(5, ge=2)
     seed: int = 0
     embedding_dimensions: int = Field(128, ge=2)
@@ -79,10 +87,14 @@ def audit_workspace(workspace: Workspace, options: AuditOptions | None = None,
         seconds[step] = round(now - clock, 2)
         clock = now
 
+    workspace.require()
+    if options.demographics is not None and not options.demographics.is_file():
+        raise AuditError(f"the demographics sidecar {options.demographics} does not exist or is not a file",
+                         "give the path of a CSV with an id column and gender, age_group or ethnicity")
     with workspace.lock():
         manifest = workspace.manifest()
         if manifest.num_rows == 0:
-            raise ValueError(f"{workspace.root} holds no rows: run `fercurate ingest` first")
+            raise AuditError(f"{workspace.root} holds no rows", "run `fercurate ingest` first")
         sidecar = None
         if options.demographics is not None:
             manifest, sidecar = attach_demographics(manifest, options.demographics)
@@ -166,9 +178,11 @@ def _assemble(audit_rows: pd.DataFrame, groups: pd.DataFrame, balance: dict[str,
     else:
         issues = pd.DataFrame(columns=["id", "source", "split", "label", "predicted_label", "label_quality"])
     quality_counts = {name: int(audit_rows[name].sum()) for name in
-                      ("is_blank", "is_blurry", "too_dark", "too_bright", "size_anomaly", "unreadable")}
+                      ("is_blank", "is_blurry", "too_dark", "too_bright", "size_anomaly", "unreadable",
+                       "missing_image")}
     if options.detect_faces:
-        quality_counts["no_face_detected"] = int((~audit_rows["face_detected"].astype(bool)).sum())
+        measured = ~(audit_rows["unreadable"] | audit_rows["missing_image"])
+        quality_counts["no_face_detected"] = int((~audit_rows["face_detected"].astype(bool) & measured).sum())
     summary = {
         "rows": len(audit_rows),
         "options": json.loads(options.model_dump_json()),
@@ -208,18 +222,30 @@ def _write_outputs(workspace: Workspace, result: AuditResult) -> Path:
     _atomic(directory / "label_issues.parquet", lambda path: result.label_issues.to_parquet(path, index=False))
     _atomic(directory / "embeddings.npy", lambda path: np.save(path, result.embeddings))
     result.summary["seconds"] = result.seconds
-    _atomic(directory / "summary.json", lambda path: path.write_text(json.dumps(result.summary, indent=2,
-                                                                                default=_json_default)))
+    _atomic(directory / "summary.json", lambda path: path.write_text(summary_json(result.summary)))
     write_report(workspace, result, directory)
     return directory
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
+def summary_json(summary: dict[str, Any]) -> str:
+    """``summary`` as strict JSON (what ``summary.json`` and ``audit --json`` hold): numpy numbers
+    become plain ones, paths strings, and NaN or infinite figures null (JSON has no NaN)."""
+    return json.dumps(_plain(summary), indent=2, allow_nan=False)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` in the types strict JSON holds (see :func:`summary_json`)."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, Path):
         return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return value
 
 
 def _atomic(target: Path, write: Callable[[Path], Any]) -> None:

@@ -5,6 +5,11 @@ Nothing is fetched unless the user names a hub repository. The image column is t
 ClassLabel's order is the dataset's own, not FER2013's: each class *name* is mapped to a
 canonical emotion (user label map first, then common spellings); classes that map to nothing
 are skipped, per image, with that reason.
+
+A hub name is checked with one quick metadata request before anything is downloaded, so offline
+(or with ``HF_HUB_OFFLINE=1``) and for a repository that does not exist the ingest fails at once with
+a :class:`SourceError` instead of retrying for half a minute; a local file that is not parquet is a
+``SourceError`` too.
 """
 
 from __future__ import annotations
@@ -32,11 +37,19 @@ def _load(reference: str, split: str | None) -> tuple[str, datasets.DatasetDict]
         loaded = datasets.load_from_disk(str(path))
         name = f"local/{path.name}"
     elif path.is_file() and path.suffix == ".parquet" or path.is_dir() and any(path.rglob("*.parquet")):
-        loaded = datasets.load_dataset("parquet", data_files=_parquet_splits(path))
+        import pyarrow as pa
+
+        try:
+            loaded = datasets.load_dataset("parquet", data_files=_parquet_splits(path))
+        except (pa.ArrowException, datasets.exceptions.DatasetGenerationError) as error:
+            cause = error.__cause__ or error
+            raise SourceError(f"{path} cannot be read as parquet ({type(cause).__name__}: {cause})",
+                              "give parquet files written by pyarrow, pandas or `datasets`") from None
         name = f"local/{path.stem}"
     elif path.exists():
         raise SourceError(f"{path} is neither a save_to_disk folder nor parquet files")
     elif re.fullmatch(r"[\w.-]+/[\w.-]+", reference):
+        _check_hub_repo(reference)
         loaded = datasets.load_dataset(reference)  # the user named a hub repo: the one network access
         name = reference
     else:
@@ -48,6 +61,26 @@ def _load(reference: str, split: str | None) -> tuple[str, datasets.DatasetDict]
             raise SourceError(f"{reference} has no split {split!r}; it has {', '.join(loaded)}")
         loaded = datasets.DatasetDict({split: loaded[split]})
     return name, loaded
+
+
+def _check_hub_repo(reference: str) -> None:
+    """Fail fast, with what to do, when the hub cannot be reached or has no dataset ``reference``."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    offline = "fetching a hub dataset needs network access; or give a local path (a save_to_disk folder or parquet)"
+    if constants.HF_HUB_OFFLINE:
+        raise SourceError(f"cannot fetch {reference}: HF_HUB_OFFLINE is set", offline)
+    try:
+        HfApi().dataset_info(reference, timeout=10)
+    except GatedRepoError:
+        return  # it exists; the download says how to get access
+    except RepositoryNotFoundError:
+        raise SourceError(f"there is no dataset {reference} on the Hugging Face Hub (or it is private)",
+                          "check the name, or log in with `hf auth login` for a private one") from None
+    except Exception as error:  # noqa: BLE001 - any failure of this one request means the hub is out of reach
+        raise SourceError(f"cannot reach the Hugging Face Hub for {reference} ({type(error).__name__}: {error})",
+                          offline) from None
 
 
 def _parquet_splits(path: Path) -> dict[str, list[str]]:

@@ -27,9 +27,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from torch.utils.data import Dataset
 
+from fercurate.errors import TrainError
 from fercurate.export import ExportOptions, plan_export
 from fercurate.schema import CANONICAL_LABELS, LABEL_INDEX
 from fercurate.splits import SPLITS
@@ -64,8 +65,8 @@ def load_images(root: str | Path, filepaths: Sequence[str], workers: int | None 
             else:
                 images[index] = image
     if unreadable:
-        raise FileNotFoundError(f"{len(unreadable)} image(s) missing or unreadable, first: {unreadable[0]} "
-                                "(is the workspace complete? re-run its ingest)")
+        raise TrainError(f"{len(unreadable)} image(s) missing or unreadable, first: {unreadable[0]}",
+                         "the workspace is incomplete: re-run the ingest of their source to restore them")
     return images
 
 
@@ -166,6 +167,21 @@ class Augmentation(BaseModel):
     erasing: float = Field(0.5, ge=0, le=1, description="probability of erasing one rectangle")
     erasing_area: tuple[float, float] = Field((0.02, 0.33), description="erased share of the image")
     erasing_ratio: tuple[float, float] = Field((0.3, 3.3), description="aspect ratio range of the erased rectangle")
+
+    @field_validator("scale", "erasing_area", "erasing_ratio")
+    @classmethod
+    def _ordered_positive_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high or not math.isfinite(high):
+            raise ValueError(f"a range (low, high) needs 0 < low <= high, got {value}")
+        return value
+
+    @field_validator("erasing_area")
+    @classmethod
+    def _area_share(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[1] > 1:
+            raise ValueError(f"the erased share of the image cannot exceed 1, got {value}")
+        return value
 
 
 def augment_batch(x: torch.Tensor, augmentation: Augmentation, generator: torch.Generator) -> torch.Tensor:

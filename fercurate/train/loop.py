@@ -41,8 +41,11 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from torch import nn
+
+from fercurate.errors import TrainError
+from fercurate.options import ModelName, Optimizer, Schedule, parse_device
 
 from fercurate.train.data import (
     Augmentation,
@@ -71,25 +74,30 @@ class TrainConfig(BaseModel):
     one-cycle schedule, label smoothing, flip/affine/erasing augmentation); they have not been tuned
     by full-length runs here, which need a GPU."""
 
-    model: Literal["vgg", "mobilenet_v2", "tiny"] = "vgg"
+    model: ModelName = "vgg"
     epochs: int = Field(40, ge=1)
     batch_size: int | None = Field(None, ge=2, description="None: 64 on CPU, 256 on CUDA")
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: Optimizer = "adamw"
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.05, ge=0, description="on conv and linear weights, not on biases or norms")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD (Nesterov) momentum")
-    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    schedule: Schedule = "onecycle"
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
     balanced_sampler: bool = Field(False, description="draw every class equally often")
     augmentation: Augmentation = Field(default_factory=Augmentation)
     mixed_precision: bool | None = Field(None, description="None: on with CUDA, off on CPU")
-    device: str = Field("auto", description="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    device: str = Field("auto", description="auto (CUDA if available), cpu, cuda, cuda:1, ...; gpu means cuda")
     seed: int = 0
     deterministic: bool = Field(False, description="deterministic CUDA kernels (slower); CPU runs always are")
     max_minutes: float | None = Field(None, gt=0, description="time budget for the whole call, loading included")
     select_metric: Literal["macro_f1", "accuracy"] = "macro_f1"
     log_every: int = Field(10, ge=1, description="steps between progress reports")
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        return parse_device(value)
 
     @model_validator(mode="after")
     def _one_imbalance_correction(self) -> TrainConfig:
@@ -243,10 +251,20 @@ def steps_within_budget(seconds_left: float, seconds_per_step: float, seconds_pe
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> the first CUDA device if there is one, else the CPU; anything else as given."""
+    """``auto`` -> the first CUDA device if there is one, else the CPU; anything else as given
+    (see :func:`~fercurate.options.parse_device`), refused with :class:`TrainError` when this
+    machine has no such CUDA device, before any data is loaded."""
+    name = parse_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= available:
+            raise TrainError(f"--device {name} asks for a CUDA GPU, but this machine has "
+                             + (f"only {available}" if available else "none (or PyTorch was built without CUDA)"),
+                             "use --device cpu, or auto to take a GPU only where there is one")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -348,7 +366,8 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     ``val_metrics``, ``epoch``, ``step``."""
     payload = torch.load(path, map_location=device, weights_only=True)
     if payload.get("format") != CLASSIFIER_FORMAT:
-        raise ValueError(f"{path} is not a fercurate classifier checkpoint ({CLASSIFIER_FORMAT})")
+        raise TrainError(f"{path} is not a fercurate classifier checkpoint ({CLASSIFIER_FORMAT})",
+                         "give the best.pt of a `fercurate train` run folder")
     model = build_model(payload["model_name"], len(payload["class_names"]))
     model.load_state_dict(payload["state_dict"])
     model.to(device, memory_format=torch.channels_last).eval()
@@ -393,7 +412,8 @@ def train_datasets(config: TrainConfig, train_set: FaceDataset, val_set: FaceDat
         if resume and run.last_path is not None and run.last_path.exists():
             run.load(run.last_path)
         elif run.last_path is not None and run.last_path.exists():
-            raise FileExistsError(f"{run.last_path} exists: resume it, or train into another folder")
+            raise TrainError(f"{run.last_path} exists (an earlier run)", "pass --resume to continue it, or train into "
+                             "another folder")
         return run.fit()
 
 
@@ -404,7 +424,8 @@ class _Run:
                  output_dir: str | Path | None, progress: Callable[[TrainProgress], None] | None,
                  started: float, notes: dict[str, Any]) -> None:
         if len(val_set) == 0:
-            raise ValueError("no validation faces: model selection needs a validation split")
+            raise TrainError("no validation faces: model selection needs a validation split",
+                             "try --split-strategy grouped")
         num_classes = len(class_names)
         for name, dataset in (("training", train_set), ("validation", val_set)):
             if len(dataset) and (int(dataset.labels.min()) < 0 or int(dataset.labels.max()) >= num_classes):
@@ -489,14 +510,15 @@ class _Run:
         """Continue the run saved in ``path`` (its best model comes from ``best.pt`` beside it)."""
         payload = torch.load(path, map_location=self.device, weights_only=True)
         if payload.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a fercurate training checkpoint ({CHECKPOINT_FORMAT})")
+            raise TrainError(f"{path} is not a fercurate training checkpoint ({CHECKPOINT_FORMAT})",
+                             "remove it or train into another folder")
         mine, theirs = self._identity(), {key: payload[key] for key in self._identity()}
         mine["config"] = {k: v for k, v in mine["config"].items() if k not in RESUMABLE_CHANGES}
         theirs["config"] = {k: v for k, v in theirs["config"].items() if k not in RESUMABLE_CHANGES}
         if mine != theirs:
             differing = sorted({*(k for k in mine if k != "config" and mine[k] != theirs[k]),
                                 *(f"config.{k}" for k in mine["config"] if mine["config"][k] != theirs["config"].get(k))})
-            raise ValueError(f"{path} belongs to another run (differs in {', '.join(differing)}); "
+            raise TrainError(f"{path} belongs to another run (differs in {', '.join(differing)})",
                              "resume with the same data and settings, or train into another folder")
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -626,8 +648,8 @@ class _Run:
                 if self.global_step % self.config.log_every == 0:
                     total = float(loss_total)  # one synchronisation per report, not per step
                     if not math.isfinite(total):
-                        raise FloatingPointError(f"training diverged at step {self.global_step} (loss {total}); "
-                                                 "lower the learning rate")
+                        raise TrainError(f"training diverged at step {self.global_step} (loss {total})",
+                                         "lower the learning rate (--lr)")
                     self._report("step", loss=(total - reported_total) / (loss_steps - reported_steps),
                                  images_per_s=segment_images / (time.perf_counter() - segment_start))
                     reported_total, reported_steps = total, loss_steps

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torchvision.models import mobilenet_v2
 
+from fercurate.errors import OptionError, TrainError
+
 INPUT_SIDE = 48
 
 
@@ -101,9 +103,10 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
 def build_model(name: str, num_classes: int) -> nn.Module:
     """A freshly initialised classifier ``name`` (one of :data:`MODELS`) with ``num_classes`` outputs."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}: use one of {', '.join(MODELS)}")
+        raise OptionError(f"unknown model {name!r}", f"use one of {', '.join(MODELS)}")
     if num_classes < 2:
-        raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+        raise TrainError(f"a classifier needs at least 2 classes, the training rows have {num_classes}",
+                         "ingest more classes, or balance over at least two (e.g. --balance anger=1,disgust=1)")
     return MODELS[name](num_classes)
 
 

@@ -21,19 +21,21 @@ import hashlib
 import json
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from fercurate.errors import TrainError
 from fercurate.export import ExportOptions
+from fercurate.options import parse_balance
 from fercurate.splits import SplitOptions
 from fercurate.train.data import load_images, rows_in_classes, workspace_splits
 from fercurate.train.evaluate import evaluate, plot_confusion
-from fercurate.train.loop import TrainConfig, TrainProgress, TrainResult, train
+from fercurate.train.loop import TrainConfig, TrainProgress, TrainResult, resolve_device, train
 from fercurate.train.onnx_export import check_onnx, export_onnx
 from fercurate.workspace import Workspace
 
@@ -100,15 +102,24 @@ def evaluate_rows(result: TrainResult, workspace: Workspace, rows: pd.DataFrame,
 
 def train_on_workspace(workspace: Workspace, config: TrainConfig, output_dir: Path,
                        split: SplitOptions | None = None, sources: list[str] | None = None,
-                       balance: str | None = None, resume: bool = False, tta_flip: bool = False,
-                       onnx: bool = True, progress: Progress | None = None) -> dict[str, Any]:
+                       balance: str | Mapping[str, float] | None = None, resume: bool = False,
+                       tta_flip: bool = False, onnx: bool = True, progress: Progress | None = None) -> dict[str, Any]:
     """Train, select on validation, test once; write ``metrics.json``, ``confusion.png``,
-    ``best.pt`` / ``last.pt`` and (``onnx``) ``model.onnx`` checked against PyTorch."""
+    ``best.pt`` / ``last.pt`` and (``onnx``) ``model.onnx`` checked against PyTorch.
+
+    ``balance`` rebalances the training split and takes what ``export --balance`` takes (see
+    :func:`~fercurate.options.parse_balance`). The workspace, the device and the balance target
+    are checked before any data is loaded or any folder is made."""
+    workspace.require()
+    resolve_device(config.device)
+    target = parse_balance(balance) if balance is not None else None
+    if output_dir.exists() and not output_dir.is_dir():
+        raise TrainError(f"the run folder {output_dir} is a file", "give a folder for the run's files")
     output_dir.mkdir(parents=True, exist_ok=True)
     splits = workspace_splits(workspace, ExportOptions(split=split or SplitOptions(), sources=sources,
-                                                       balance=balance))
+                                                       balance=target))
     if splits["train"].empty or splits["validation"].empty:
-        raise ValueError("the workspace has no train or no validation rows under this split strategy; "
+        raise TrainError("the workspace has no train or no validation rows under this split strategy",
                          "try --split-strategy grouped")
     result = train(config, splits["train"], splits["validation"], workspace.root, output_dir, resume, progress)
     test = evaluate_rows(result, workspace, splits["test"], tta_flip) if len(splits["test"]) else None
@@ -143,10 +154,16 @@ class BenchmarkConfig(BaseModel):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_minutes=10))
     arms: list[Literal["original", "class-weighted", "balanced-sampler", "rebalanced"]] = Field(
         default_factory=lambda: ["original", "class-weighted", "rebalanced"])
-    rebalance_target: str = Field("cap:4000", description="the rebalanced arm's target (see export --balance)")
+    rebalance_target: str | dict[str, float] = Field(
+        "cap:4000", description="the rebalanced arm's target (see export --balance)")
     train_source: str = Field("fer2013", description="the source trained on; other sources are cross-dataset tests")
     occlusion_share: float = Field(0.25, gt=0, lt=1)
     tta_flip: bool = False
+
+    @field_validator("rebalance_target", mode="before")
+    @classmethod
+    def _known_target(cls, value: str | Mapping[str, float]) -> str | dict[str, float]:
+        return parse_balance(value)
 
 
 def run_benchmark(workspace: Workspace, config: BenchmarkConfig, output_dir: Path,
