@@ -27,6 +27,7 @@ from typer.core import TyperGroup
 
 from fercurate.errors import FercurateError, OptionError
 from fercurate.options import BALANCE_HELP, DEVICES, ModelName, NoiseModel, Optimizer, Schedule, choices, validated
+from fercurate_cli.review import review_app
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -60,6 +61,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(review_app, name="review")
 console = Console()
 errors = Console(stderr=True)
 
@@ -269,7 +271,7 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 def _audit_with_progress(space: Workspace, options: AuditOptions, quiet: bool) -> AuditResult:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from fercurate.audit.run import audit_workspace
 
@@ -336,7 +338,7 @@ def run(
     as_json: JsonOption = False,
 ) -> None:
     """Run a pipeline from a YAML recipe: its steps (ingest, audit) in order on its workspace."""
-    from fercurate.audit.run import AuditResult, summary_json
+    from fercurate.audit.run import summary_json
     from fercurate.recipes import IngestStep, load_recipe
     from fercurate.workspace import Workspace
 

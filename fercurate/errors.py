@@ -54,3 +54,7 @@ class TrainError(FercurateError, ValueError):
 
 class AuditError(FercurateError, ValueError):
     """The audit cannot run as asked (its inputs or options)."""
+
+
+class FiftyOneError(FercurateError):
+    """FiftyOne's database or App cannot serve the workspace (not installed, cannot start, port taken)."""

@@ -44,10 +44,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from fercurate.audit.review import DROP_FLAG, apply_reviews, read_reviews, review_summary
 from fercurate.errors import ExportError
+from fercurate.options import BALANCE_HELP, parse_balance
 from fercurate.schema import CANONICAL_LABELS, ROW_SCHEMA, SOURCE_LABEL_MAPS
 from fercurate.sources.ferplus import VOTE_COLUMNS
 from fercurate.splits import (
@@ -59,7 +60,7 @@ from fercurate.splits import (
     leakage_violations,
     subject_folds,
 )
-from fercurate.workspace import Workspace
+from fercurate.workspace import Workspace, current_umask
 
 FORMATS = ("imagefolder", "hf", "fer2013-csv", "manifest", "fiftyone")
 #: The file that marks a folder as a fercurate export, so ``--overwrite`` replaces nothing else.
@@ -75,12 +76,16 @@ class ExportOptions(BaseModel):
 
     formats: list[str] = Field(default_factory=lambda: ["imagefolder", "hf", "fer2013-csv", "manifest"])
     split: SplitOptions = Field(default_factory=SplitOptions)
-    balance: str | dict[str, float] | None = Field(
-        None, description="uniform, uniform:N, cap:N, or proportions per class (training split only)")
+    balance: str | dict[str, float] | None = Field(None, description=f"{BALANCE_HELP} (training split only)")
     kfold: int | None = Field(None, ge=2, description="also write subject-independent fold numbers")
     sources: list[str] | None = Field(None, description="only rows of these sources")
     exclude_flags: list[str] = Field(default_factory=list, description="leave out rows carrying these flags")
     overwrite: bool = False
+
+    @field_validator("balance", mode="before")
+    @classmethod
+    def _known_balance(cls, value: Any) -> Any:
+        return None if value is None else parse_balance(value)
 
 
 @dataclass
@@ -180,9 +185,13 @@ def export_dataset(workspace: Workspace, output: str | Path, options: ExportOpti
     if not options.formats:
         raise ExportError("no export format chosen", f"give --format with some of {', '.join(FORMATS)}")
     check_output_folder(workspace, output, options.overwrite)
-    with workspace.lock():
+    # A reader's lock (works on a read-only workspace) unless the FiftyOne format updates the mirror.
+    with workspace.lock(shared="fiftyone" not in options.formats):
         rows, split_report, balance_report, excluded = plan_export(workspace, options)
-        _require_images(workspace, rows["filepath"])
+        missing = workspace.missing_images(rows["filepath"])
+        if missing:
+            raise ExportError(f"{len(missing)} image(s) of the exported rows are missing from {workspace.root} "
+                              f"(first: {missing[0]})", "re-run `fercurate ingest` of their source to restore them")
         table = exported_table(apply_reviews(workspace.manifest(), read_reviews(workspace)), rows)
         report = ExportReport(output, rows, split_report, balance_report, excluded, table)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -203,19 +212,13 @@ def export_dataset(workspace: Workspace, output: str | Path, options: ExportOpti
                                                             "options": json.loads(options.model_dump_json())},
                                                            indent=2, default=str))
             (staging / EXPORT_MARKER).write_text(json.dumps({"workspace": str(workspace.root.resolve())}) + "\n")
-            staging.chmod(0o777 & ~_umask())
+            staging.chmod(0o777 & ~current_umask())
             _replace_folder(staging, output)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     report.files = sorted(str(path.relative_to(output)) for path in output.iterdir() if path.name != EXPORT_MARKER)
     return report
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def is_workspace(folder: Path) -> bool:
@@ -259,14 +262,6 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _require_images(workspace: Workspace, filepaths: pd.Series) -> None:
-    """Refuse to export rows whose image file is gone from the workspace."""
-    missing = [path for path in filepaths if not (workspace.root / path).is_file()]
-    if missing:
-        raise ExportError(f"{len(missing)} image(s) of the exported rows are missing from {workspace.root} "
-                          f"(first: {missing[0]})", "re-run `fercurate ingest` of their source to restore them")
 
 
 def _replace_folder(staging: Path, output: Path) -> None:

@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 from sklearn.model_selection import StratifiedGroupKFold
 
 from fercurate.audit.duplicates import components
+from fercurate.errors import OptionError
 
 SPLITS = ("train", "validation", "test")
 OFFICIAL_SPLITS: dict[str, str] = {
@@ -174,7 +175,7 @@ def subject_folds(rows: pd.DataFrame, groups: np.ndarray, k: int = 10, seed: int
     """Fold number (0..k-1) per row: k stratified folds in which no leakage group (so no subject)
     appears in two folds. For cross-validation on small datasets such as CK+ and JAFFE."""
     if len(np.unique(groups)) < k:
-        raise ValueError(f"{len(np.unique(groups))} subjects/groups cannot fill {k} folds: use fewer folds")
+        raise OptionError(f"{len(np.unique(groups))} subjects/groups cannot fill {k} folds", "use fewer folds (--kfold)")
     fold = np.empty(len(rows), np.int64)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     for number, (_, held_out) in enumerate(splitter.split(np.zeros(len(rows)), rows["label"].to_numpy(), groups)):
@@ -224,11 +225,12 @@ def balanced_selection(labels: np.ndarray, split: np.ndarray, target: str | Mapp
         shares = shares[shares > 0] / shares[shares > 0].sum()
         unknown = set(shares.index) - set(available.index)
         if unknown:
-            raise ValueError(f"target names classes with no training rows: {sorted(unknown)}")
+            raise OptionError(f"the balance target names classes with no training rows: {sorted(unknown)}",
+                              f"name some of {', '.join(sorted(available.index))}")
         scale = (available.reindex(shares.index) / shares).min()
         wanted = (shares * scale).round().astype(int)
     else:
-        raise ValueError(f"unknown balance target {target!r}: use uniform, cap:N or proportions per class")
+        raise OptionError(f"unknown balance target {target!r}", "use uniform, uniform:N, cap:N or proportions per class")
     rng = np.random.default_rng(seed)
     keep = ~train
     for label, count in wanted.items():

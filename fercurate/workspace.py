@@ -63,13 +63,16 @@ from fercurate.schema import (
     image_relpath,
     validate_table,
 )
-from fercurate.sources.base import Face, Item, Relabel, Skip, Source, UnreadableImage
+from fercurate.sources.base import Face, Relabel, Skip, Source, UnreadableImage
 
 WORKSPACE_ENV = "FERCURATE_WORKSPACE"
 DEFAULT_WORKSPACE = "fercurate-workspace"
 _BATCH = 256  # faces handed to one worker at a time
 _IN_FLIGHT = 8  # batches queued ahead of the reader, bounding memory
 _SMALL_IMAGE_BYTES = 3072  # a 48x48 face: stored uncompressed, it still fits one 4 KiB block
+#: Workspaces whose exclusive lock this process holds, with the nesting depth: a step that writes
+#: inside another (export syncing FiftyOne, which records review decisions) must not wait on itself.
+_EXCLUSIVE_HELD: dict[str, int] = {}
 
 Stored = tuple[str, tuple[int, int, int]] | Skip  # (sha1, (height, width, channels)) or why not
 
@@ -180,10 +183,10 @@ class Workspace:
         """Absolute path of a row's image."""
         return self.root / row_filepath
 
-    def missing_images(self, table: pa.Table) -> list[str]:
-        """The ``filepath`` values of ``table``'s rows whose image file is not in the workspace
-        (deleted by hand, or a partial copy of the workspace), each once, in order."""
-        return [path for path in dict.fromkeys(table["filepath"].to_pylist()) if not (self.root / path).is_file()]
+    def missing_images(self, filepaths: Iterable[str]) -> list[str]:
+        """The rows' ``filepath`` values whose image file is not in the workspace (deleted by hand,
+        or a partial copy of the workspace), each once, in order."""
+        return [path for path in dict.fromkeys(filepaths) if not (self.root / path).is_file()]
 
     # writing
 
@@ -196,6 +199,14 @@ class Workspace:
         folder. ``shared`` is for readers: many may hold it at once, never alongside a writer; it
         needs an existing workspace and works on a read-only one (where no writer can run).
         """
+        held = str(self.root.resolve())
+        if _EXCLUSIVE_HELD.get(held):  # this process writes already: a nested step (export's FiftyOne sync)
+            _EXCLUSIVE_HELD[held] += 1
+            try:
+                yield
+            finally:
+                _EXCLUSIVE_HELD[held] -= 1
+            return
         created = False
         if shared:
             self.require()
@@ -216,6 +227,8 @@ class Workspace:
             return
         with handle:
             _acquire(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, timeout, self.root)
+            if not shared:
+                _EXCLUSIVE_HELD[held] = 1
             try:
                 yield
             except BaseException:
@@ -223,6 +236,7 @@ class Workspace:
                     shutil.rmtree(self.root, ignore_errors=True)  # nothing committed: leave no empty workspace
                 raise
             finally:
+                _EXCLUSIVE_HELD.pop(held, None)
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def ingest(

@@ -27,6 +27,7 @@ from test_fiftyone import Planted, planted_workspace
 
 from fercurate.audit.fiftyone_app import AppHandle, launch_app
 from fercurate.audit.fiftyone_sync import SAVED_VIEWS, sync_to_fiftyone
+from fercurate.errors import FiftyOneError
 
 #: Flags that make headless Chromium work in a container, offline (see /work/shared/STACK.md).
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -136,5 +137,5 @@ def test_each_saved_view_opens_by_url_with_its_samples(served: Served, view: str
 
 
 def test_launch_refuses_a_port_in_use(served: Served) -> None:
-    with pytest.raises(OSError, match="already in use"):
+    with pytest.raises(FiftyOneError, match="already in use"):
         launch_app(served.handle.session.dataset, port=served.handle.session.server_port)

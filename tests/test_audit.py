@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from fercurate.audit.balance import balance_tables
 from fercurate.audit.run import AuditOptions, audit_workspace
 from fercurate.sources import open_source
-from fercurate.sources.demo import DEMO_EMOTION_CODES, draw_demo_faces
+from fercurate.sources.demo import draw_demo_faces
 from fercurate.workspace import Workspace
 from fercurate_cli.main import app
 

@@ -225,7 +225,7 @@ def test_missing_image_is_counted_once_and_summary_is_json(demo: Workspace, tmp_
     space = Workspace(root)
     lost = space.manifest()["filepath"][0].as_py()
     (root / lost).unlink()
-    assert space.missing_images(space.manifest()) == [lost]
+    assert space.missing_images(space.manifest()["filepath"].to_pylist()) == [lost]
     result = runner.invoke(app, ["audit", "-w", str(root), "--no-label-noise", "--no-faces", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads((root / "audit" / "summary.json").read_text(), parse_constant=pytest.fail)

@@ -22,6 +22,7 @@ import pytest
 
 from fercurate.audit.fiftyone_database import prepare_fiftyone_database
 from fercurate.audit.fiftyone_sync import SAVED_VIEWS, sync_to_fiftyone
+from fercurate.errors import FiftyOneError
 from fercurate.schema import ROW_SCHEMA
 from fercurate.sources.demo import open_demo
 from fercurate.workspace import Workspace
@@ -233,7 +234,7 @@ def test_prepare_is_idempotent_and_a_started_database_does_not_move(fiftyone_dat
     prepare_fiftyone_database(fiftyone_database)
     assert dict(os.environ) == before
     assert os.environ["FIFTYONE_DATABASE_DIR"] == str(fiftyone_database.resolve())
-    with pytest.raises(RuntimeError, match="cannot move"):
+    with pytest.raises(FiftyOneError, match="cannot move"):
         prepare_fiftyone_database(tmp_path / "elsewhere")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from fercurate.errors import AuditError
 from fercurate.schema import CANONICAL_LABELS, DEMOGRAPHIC_COLUMNS, UNKNOWN
 
 SPLIT_COLUMN = "split_used"
@@ -90,12 +91,17 @@ def attach_demographics(manifest: pa.Table, sidecar: Path) -> tuple[pa.Table, di
 
     Empty cells in the sidecar leave the row's value as it was; ``unknown`` is accepted as a value.
     """
-    table = pd.read_csv(sidecar, dtype=str)
+    try:
+        table = pd.read_csv(sidecar, dtype=str)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise AuditError(f"the demographics sidecar {sidecar} cannot be read ({error})",
+                         "give a CSV with an id column and any of gender, age_group, ethnicity") from None
     if "id" not in table.columns:
-        raise ValueError(f"{sidecar} needs an 'id' column (the workspace row id) beside the demographics")
+        raise AuditError(f"{sidecar} has no 'id' column", "add the workspace row id beside the demographics")
     columns = [column for column in DEMOGRAPHIC_COLUMNS if column in table.columns]
     if not columns:
-        raise ValueError(f"{sidecar} has none of the columns {', '.join(DEMOGRAPHIC_COLUMNS)}")
+        raise AuditError(f"{sidecar} has none of the columns {', '.join(DEMOGRAPHIC_COLUMNS)}",
+                         "name its columns id, gender, age_group and/or ethnicity")
     table = table.drop_duplicates("id", keep="last").set_index("id")
     ids = manifest["id"].to_pylist()
     matched = table.index.isin(ids)

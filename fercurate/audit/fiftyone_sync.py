@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from fercurate.audit.fiftyone_database import dataset_name, prepare_fiftyone_database, workspace_database_dir
 from fercurate.audit.review import apply_reviews, decisions_from_dataset, read_reviews, record_decisions
+from fercurate.errors import FiftyOneError
 from fercurate.schema import ROW_SCHEMA
 from fercurate.workspace import Workspace
 
@@ -134,6 +135,7 @@ def sync_to_fiftyone(
     The database is the workspace's own (``<workspace>/fiftyone-db``) unless the user set
     ``FIFTYONE_DATABASE_DIR`` or ``FIFTYONE_DATABASE_URI``.
     """
+    workspace.require()
     prepare_fiftyone_database(workspace_database_dir(workspace))
     import fiftyone as fo
 
@@ -198,7 +200,8 @@ def _open_dataset(fo: Any, name: str, workspace: Workspace) -> fo.Dataset:
     owner = dataset.info.get(_WORKSPACE_INFO_KEY)
     if owner != root and (owner is not None or len(dataset)):
         what = f"the workspace {owner}" if owner else "something fercurate did not make"
-        raise ValueError(f"FiftyOne dataset {name!r} mirrors {what}, not {root}; pass another name")
+        raise FiftyOneError(f"FiftyOne dataset {name!r} mirrors {what}, not {root}",
+                            "pass another dataset name (--dataset), or delete that dataset")
     if owner is None:
         dataset.info[_WORKSPACE_INFO_KEY] = root
         dataset.save()

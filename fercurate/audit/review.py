@@ -145,6 +145,7 @@ def pull_reviews(workspace: Workspace, name: str | None = None) -> dict[str, Any
     from fercurate.audit.fiftyone_database import dataset_name as default_name
     from fercurate.audit.fiftyone_database import prepare_fiftyone_database, workspace_database_dir
 
+    workspace.require()
     prepare_fiftyone_database(workspace_database_dir(workspace))
     import fiftyone as fo
 
