@@ -301,3 +301,12 @@ def test_read_only_workspace_readers_work_and_writers_are_told(read_only_workspa
     assert reader.returncode == 0 and reader.stdout.strip() == "56", reader.stderr
     writer = as_nobody("-m", "fercurate_cli", "audit", "-w", str(read_only_workspace))
     assert writer.returncode == 2 and "is read-only" in writer.stderr and "Traceback" not in writer.stderr
+    out = Path(tempfile.mkdtemp(prefix="fercurate-export-"))
+    out.chmod(0o777)
+    try:  # export only reads the workspace: it works on a read-only one (it used to fail on .lock)
+        export = as_nobody("-m", "fercurate_cli", "export", str(out / "x"), "-w", str(read_only_workspace),
+                           "--format", "manifest,fer2013-csv", "--json")
+        assert export.returncode == 0, export.stderr
+        assert (out / "x" / "manifest.parquet").is_file()
+    finally:
+        shutil.rmtree(out)
