@@ -37,7 +37,7 @@ _EXPORTS = {
     "WorkspaceLocked": "fercurate.workspace",
     "IngestReport": "fercurate.workspace",
     "AuditOptions": "fercurate.audit.run",
-    "AuditResult": "fercurate.audit.run",
+    "AuditResult": "fercurate.audit.result",
     "audit_workspace": "fercurate.audit.run",
     "prepare_fiftyone_database": "fercurate.audit.fiftyone_database",
     "sync_to_fiftyone": "fercurate.audit.fiftyone_sync",

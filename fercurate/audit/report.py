@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from fercurate.audit.result import AuditResult
+
 if TYPE_CHECKING:
-    from fercurate.audit.run import AuditResult
     from fercurate.workspace import Workspace
 
 _GROUPS_SHOWN = 12

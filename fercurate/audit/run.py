@@ -21,7 +21,6 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,8 @@ from fercurate.audit.duplicates import find_duplicates
 from fercurate.audit.estimators import estimate_demographic
 from fercurate.audit.label_noise import ferplus_agreement, find_label_issues, image_features
 from fercurate.audit.quality import QualityThresholds, measure_images, quality_flags
+from fercurate.audit.report import write_report
+from fercurate.audit.result import AuditResult
 from fercurate.errors import AuditError
 from fercurate.options import NoiseModel
 from fercurate.workspace import Workspace
@@ -58,20 +59,6 @@ class AuditOptions(BaseModel):
     estimators: dict[str, Path] = Field(
         default_factory=dict, description="demographic column -> local ONNX model that fills unknown values")
     estimator_min_confidence: float = Field(0.0, ge=0, le=1, description="below it a value stays unknown")
-
-
-@dataclass
-class AuditResult:
-    """Everything the audit found; ``rows`` is aligned with the manifest."""
-
-    rows: pd.DataFrame
-    groups: pd.DataFrame
-    label_issues: pd.DataFrame
-    balance: dict[str, Any]
-    summary: dict[str, Any]
-    embeddings: np.ndarray
-    seconds: dict[str, float] = field(default_factory=dict)
-    directory: Path | None = None
 
 
 def audit_workspace(workspace: Workspace, options: AuditOptions | None = None,
@@ -211,7 +198,6 @@ def _assemble(audit_rows: pd.DataFrame, groups: pd.DataFrame, balance: dict[str,
 
 
 def _write_outputs(workspace: Workspace, result: AuditResult) -> Path:
-    from fercurate.audit.report import write_report
 
     directory = workspace.root / "audit"
     directory.mkdir(exist_ok=True)
