@@ -60,7 +60,8 @@ from fercurate.splits import (
     leakage_violations,
     subject_folds,
 )
-from fercurate.workspace import Workspace, current_umask
+from fercurate.atomic import current_umask
+from fercurate.workspace import Workspace
 
 FORMATS = ("imagefolder", "hf", "fer2013-csv", "manifest", "fiftyone")
 #: The file that marks a folder as a fercurate export, so ``--overwrite`` replaces nothing else.

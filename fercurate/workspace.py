@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -52,6 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fercurate.atomic import atomic_path, temporary_name
 from fercurate.errors import WorkspaceError, WorkspaceLocked
 from fercurate.schema import (
     COLUMNS,
@@ -70,9 +70,9 @@ DEFAULT_WORKSPACE = "fercurate-workspace"
 _BATCH = 256  # faces handed to one worker at a time
 _IN_FLIGHT = 8  # batches queued ahead of the reader, bounding memory
 _SMALL_IMAGE_BYTES = 3072  # a 48x48 face: stored uncompressed, it still fits one 4 KiB block
-#: Workspaces whose exclusive lock this process holds, with the nesting depth: a step that writes
+#: (workspace, thread) pairs holding the exclusive lock, with the nesting depth: a step that writes
 #: inside another (export syncing FiftyOne, which records review decisions) must not wait on itself.
-_EXCLUSIVE_HELD: dict[str, int] = {}
+_EXCLUSIVE_HELD: dict[tuple[str, int], int] = {}
 
 Stored = tuple[str, tuple[int, int, int]] | Skip  # (sha1, (height, width, channels)) or why not
 
@@ -199,8 +199,8 @@ class Workspace:
         folder. ``shared`` is for readers: many may hold it at once, never alongside a writer; it
         needs an existing workspace and works on a read-only one (where no writer can run).
         """
-        held = str(self.root.resolve())
-        if _EXCLUSIVE_HELD.get(held):  # this process writes already: a nested step (export's FiftyOne sync)
+        held = (str(self.root.resolve()), threading.get_ident())
+        if _EXCLUSIVE_HELD.get(held):  # this thread writes already: a nested step (export's FiftyOne sync)
             _EXCLUSIVE_HELD[held] += 1
             try:
                 yield
@@ -390,19 +390,6 @@ class Workspace:
             [(key, "ascending") for key in keys])
 
 
-def current_umask() -> int:
-    """This process's umask. Files made by ``tempfile.mkstemp`` (0o600) and ``mkdtemp`` (0o700) are
-    widened to ``0o666 & ~umask`` and ``0o777 & ~umask``, the modes ``open`` and ``mkdir`` give.
-    Read from /proc where it can be: setting the umask to read it races with other threads."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
-    except (OSError, StopIteration):
-        umask = os.umask(0o022)
-        os.umask(umask)
-        return umask
-
-
 def _read_parquet(path: Path, schema: pa.Schema) -> pa.Table:
     """A workspace table (empty when absent), or a :class:`WorkspaceError` naming the damaged file."""
     if not path.exists():
@@ -446,16 +433,8 @@ def _acquire(handle: Any, kind: int, timeout: float, root: Path) -> None:
 
 
 def _atomic_write_parquet(table: pa.Table, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(descriptor)
-    try:
+    with atomic_path(target) as temporary:
         pq.write_table(table, temporary)
-        os.chmod(temporary, 0o666 & ~current_umask())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _atomic_write_png(pixels: np.ndarray, target: str) -> bool:
@@ -467,7 +446,7 @@ def _atomic_write_png(pixels: np.ndarray, target: str) -> bool:
     ok, encoded = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, level])
     if not ok:
         raise OSError(f"could not encode {target} as PNG")
-    temporary = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
+    temporary = str(temporary_name(target))
     try:
         try:
             with open(temporary, "wb") as handle:

@@ -16,6 +16,7 @@ import pytest
 from conftest import face_pixels, pixel_string, write_fer2013_csv
 
 from fercurate import workspace as workspace_module
+from fercurate.atomic import current_umask
 from fercurate.errors import SourceError, WorkspaceError
 from fercurate.sources import Fer2013Csv, open_source
 from fercurate.workspace import Workspace, WorkspaceLocked, pixel_sha1
@@ -99,12 +100,14 @@ def test_concurrent_writers_do_not_lose_rows(tmp_path: Path) -> None:
     assert len(Workspace(root).history()) == 3
 
 
-def test_lock_times_out_with_a_clear_message(tmp_path: Path) -> None:
+def test_lock_times_out_with_a_clear_message_and_nests_within_one_thread(tmp_path: Path) -> None:
     space = Workspace(tmp_path / "ws")
     with space.lock():
-        with pytest.raises(WorkspaceLocked, match="another fercurate process"):
-            with Workspace(space.root).lock(timeout=0.2):
-                pass
+        with Workspace(space.root).lock(timeout=0.2):  # a nested step of the same writer does not wait
+            pass
+        with ThreadPoolExecutor(1) as other:  # another writer (thread or process) waits, then is told
+            with pytest.raises(WorkspaceLocked, match="another fercurate process"):
+                other.submit(lambda: Workspace(space.root).lock(timeout=0.2).__enter__()).result()
 
 
 def test_pixel_sha1_depends_on_pixels_and_shape() -> None:
@@ -146,7 +149,7 @@ def test_files_follow_the_umask(tmp_path: Path) -> None:
     try:
         space = Workspace(tmp_path / "ws")
         space.ingest(open_source("fer2013", csv_of(tmp_path / "a.csv", range(3))))
-        assert workspace_module.current_umask() == 0o022
+        assert current_umask() == 0o022
         for path in (space.manifest_path, space.skips_path, next((space.root / "images").rglob("*.png"))):
             assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
     finally:

@@ -26,9 +26,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fercurate.atomic import atomic_path
 from fercurate.errors import WorkspaceError
 from fercurate.schema import CANONICAL_LABELS, LABEL_SYNONYMS
-from fercurate.workspace import Workspace, _atomic_write_parquet
+from fercurate.workspace import Workspace
 
 if TYPE_CHECKING:
     import fiftyone as fo
@@ -113,7 +114,8 @@ def record_decisions(workspace: Workspace, decisions: pa.Table) -> int:
     if decisions.num_rows == 0:
         return 0
     kept = log.filter(pc.invert(pc.is_in(log["id"], decisions["id"])))
-    _atomic_write_parquet(pa.concat_tables([kept, decisions]).sort_by("id"), reviews_path(workspace))
+    with atomic_path(reviews_path(workspace)) as temporary:
+        pq.write_table(pa.concat_tables([kept, decisions]).sort_by("id"), temporary)
     return decisions.num_rows
 
 

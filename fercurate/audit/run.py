@@ -36,6 +36,7 @@ from fercurate.audit.label_noise import ferplus_agreement, find_label_issues, im
 from fercurate.audit.quality import QualityThresholds, measure_images, quality_flags
 from fercurate.audit.report import write_report
 from fercurate.audit.result import AuditResult
+from fercurate.atomic import atomic_path
 from fercurate.errors import AuditError
 from fercurate.options import NoiseModel
 from fercurate.workspace import Workspace
@@ -201,14 +202,19 @@ def _write_outputs(workspace: Workspace, result: AuditResult) -> Path:
 
     directory = workspace.root / "audit"
     directory.mkdir(exist_ok=True)
-    _atomic(directory / "rows.parquet", lambda path: result.rows.to_parquet(path, index=False))
+    with atomic_path(directory / "rows.parquet") as path:
+        result.rows.to_parquet(path, index=False)
     groups = result.groups.assign(ids=result.groups["ids"].map(list), splits=result.groups["splits"].map(list),
                                   labels=result.groups["labels"].map(list))
-    _atomic(directory / "duplicate_groups.parquet", lambda path: groups.to_parquet(path, index=False))
-    _atomic(directory / "label_issues.parquet", lambda path: result.label_issues.to_parquet(path, index=False))
-    _atomic(directory / "embeddings.npy", lambda path: np.save(path, result.embeddings))
+    with atomic_path(directory / "duplicate_groups.parquet") as path:
+        groups.to_parquet(path, index=False)
+    with atomic_path(directory / "label_issues.parquet") as path:
+        result.label_issues.to_parquet(path, index=False)
+    with atomic_path(directory / "embeddings.npy") as path:
+        np.save(path, result.embeddings)
     result.summary["seconds"] = result.seconds
-    _atomic(directory / "summary.json", lambda path: path.write_text(summary_json(result.summary)))
+    with atomic_path(directory / "summary.json") as path:
+        path.write_text(summary_json(result.summary))
     write_report(workspace, result, directory)
     return directory
 
@@ -234,10 +240,3 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _atomic(target: Path, write: Callable[[Path], Any]) -> None:
-    temporary = target.with_name(f".{target.name}.tmp{target.suffix}")
-    try:
-        write(temporary)
-        temporary.replace(target)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +43,7 @@ import torch
 from pydantic import BaseModel, Field, field_validator, model_validator
 from torch import nn
 
+from fercurate.atomic import atomic_path
 from fercurate.errors import TrainError
 from fercurate.options import ModelName, Optimizer, Schedule, parse_device
 
@@ -326,13 +326,8 @@ def _fingerprint(train_set: FaceDataset, val_set: FaceDataset) -> str:
 
 def _atomic_save(payload: dict[str, Any], path: Path) -> None:
     """Write a checkpoint under a temporary name and rename it into place (never half a file)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as temporary:
         torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

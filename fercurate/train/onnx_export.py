@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fercurate.atomic import atomic_path
 from fercurate.train.data import SIDE, Normalization
 
 OPSET = 18
@@ -47,8 +47,7 @@ def export_onnx(model: nn.Module, path: str | Path, class_names: Sequence[str], 
     exported = copy.deepcopy(model).cpu().float().eval()
     example = torch.zeros(2, 1, SIDE, SIDE)
     batch = torch.export.Dim("batch", min=1)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as temporary:
         with warnings.catch_warnings():  # the exporter narrates its passes; failures still raise
             warnings.simplefilter("ignore")
             torch.onnx.export(exported, (example,), temporary, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -64,10 +63,6 @@ def export_onnx(model: nn.Module, path: str | Path, class_names: Sequence[str], 
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto)
         onnx.save(proto, str(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
     return path
 
 
