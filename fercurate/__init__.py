@@ -8,7 +8,8 @@ Everything the command line does is importable from here::
     audit_workspace(workspace)
     export_dataset(workspace, "out")
 
-Names are loaded on first use, so importing fercurate stays cheap.
+Names are loaded on first use, so importing fercurate stays cheap. ``fercurate.train`` is the
+training package; its training function is ``fercurate.train_classifier`` (one name, one thing).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ _EXPORTS = {
     "ExportOptions": "fercurate.export",
     "export_dataset": "fercurate.export",
     "TrainConfig": "fercurate.train",
-    "train": "fercurate.train",
+    "train_classifier": "fercurate.train.loop:train",
     "evaluate": "fercurate.train",
     "train_on_workspace": "fercurate.train.runs",
     "BenchmarkConfig": "fercurate.train.runs",
@@ -67,6 +68,7 @@ __all__ = ["__version__", *_EXPORTS]
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'fercurate' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    module, _, attribute = _EXPORTS[name].partition(":")
+    value = getattr(importlib.import_module(module), attribute or name)
     globals()[name] = value
     return value
