@@ -29,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
+from fercurate.audit.age_gender import DEFAULT_MIN_CONFIDENCE, MODEL_NAME, EstimatedColumn, estimate_demographics
 from fercurate.audit.balance import attach_demographics, balance_tables, split_of
 from fercurate.audit.duplicates import find_duplicates
 from fercurate.audit.estimators import estimate_demographic
@@ -60,6 +61,11 @@ class AuditOptions(BaseModel):
     estimators: dict[str, Path] = Field(
         default_factory=dict, description="demographic column -> local ONNX model that fills unknown values")
     estimator_min_confidence: float = Field(0.0, ge=0, le=1, description="below it a value stays unknown")
+    estimate: list[EstimatedColumn] = Field(
+        default_factory=list, description="columns the built-in model estimates where unknown (gender, age_group)")
+    estimate_min_confidence: dict[EstimatedColumn, float] = Field(
+        default_factory=dict, description="per column, the confidence in percent under which a value stays "
+                                          f"unknown (defaults {DEFAULT_MIN_CONFIDENCE})")
 
 
 def audit_workspace(workspace: Workspace, options: AuditOptions | None = None,
@@ -90,6 +96,10 @@ def audit_workspace(workspace: Workspace, options: AuditOptions | None = None,
         for column, model in options.estimators.items():
             manifest, estimated[column] = estimate_demographic(manifest, workspace.root, column, model,
                                                                options.estimator_min_confidence)
+        if options.estimate:
+            manifest, estimated[MODEL_NAME] = estimate_demographics(
+                manifest, workspace.root, options.estimate, min_confidence=options.estimate_min_confidence,
+                progress=(lambda n: progress("demographics", n, None)) if progress else None)
         rows = manifest.drop_columns(["landmarks", "action_units"]).to_pandas()
         balance = balance_tables(rows)
         lap("balance")
