@@ -124,3 +124,23 @@ def test_label_by_demographic_cells_add_up_and_flag_thin_cells() -> None:
     thin = set(cells.index[cells["thin"]])
     assert ("train", "disgust", "male") in thin and ("train", "disgust", "female") in thin
     assert ("train", "disgust", "unknown") not in thin and ("train", "happiness", "female") not in thin
+
+
+def test_per_group_metrics_match_hand_computed_values() -> None:
+    from fercurate.train.evaluate import bootstrap_intervals, group_report
+
+    y_true = np.array([0, 1, 0, 1, 0, 1, 0, 1, 2, 2] * 3)
+    y_pred = np.array([0, 1, 0, 0, 0, 1, 1, 1, 2, 0] * 3)
+    groups = np.array((["female"] * 4 + ["male"] * 4 + ["unknown"] * 2) * 3, dtype=object)
+    report = group_report(np.eye(3)[y_pred], y_true, groups, min_rows=10)
+    female, male = report["values"]["female"], report["values"]["male"]
+    assert (female["n"], male["n"], report["values"]["unknown"]["n"]) == (12, 12, 6)
+    assert female["accuracy"] == 0.75 and male["accuracy"] == 0.75  # 3 of 4 right in each block
+    # female: class 0 -> P=1, R=2/3... computed by hand: F1(0) = 0.8, F1(1) = 2/3
+    assert abs(female["macro_f1"] - (0.8 + 2 / 3) / 2) < 1e-9
+    assert report["largest_gap"]["accuracy"]["gap"] == 0.0
+    assert "unknown" not in {report["largest_gap"]["macro_f1"]["best"], report["largest_gap"]["macro_f1"]["worst"]}
+    low, high = female["accuracy_ci"]
+    assert low <= 0.75 <= high and 0 <= low and high <= 1
+    perfect = bootstrap_intervals(y_true, y_true, 3)
+    assert perfect == {"accuracy": (1.0, 1.0), "macro_f1": (1.0, 1.0)}

@@ -177,3 +177,25 @@ def test_benchmark_scores_cross_dataset_tests_on_the_classes_trained(release_pat
     assert "contempt" not in ckplus["per_class"]
     markdown = (tmp_path / "bench" / "benchmark.md").read_text()
     assert f"{contempt} contempt" in markdown and "left out" in markdown
+
+
+def test_benchmark_reports_per_group_results_with_intervals_and_the_largest_gap(release_paths: dict[str, Path],
+                                                                                  tmp_path: Path) -> None:
+    """Rows with known gender and age group get per-group scores, intervals and a gap in the report."""
+    import pyarrow as pa
+
+    workspace = build_workspace(tmp_path / "ws", [Step("fer2013", "fer2013-csv")], release_paths)
+    manifest = workspace.manifest()
+    count = manifest.num_rows
+    for column, values in (("gender", ["female", "male"]), ("age_group", ["20-39", "40-59"])):
+        for name, cells in ((column, [values[i % 2] for i in range(count)]), (f"{column}_source", ["user-sidecar"] * count)):
+            index = manifest.schema.get_field_index(name)
+            manifest = manifest.set_column(index, manifest.schema.field(index), pa.array(cells, pa.string()))
+    with workspace.lock():
+        workspace.write_manifest(manifest)
+    report = run_benchmark(workspace, BenchmarkConfig(train=TINY, arms=["original"]), tmp_path / "bench")
+    grouped = report["arms"]["original"]["tests"]["fer2013 test"]["group_report"]["gender"]
+    assert set(grouped["values"]) == {"female", "male"}
+    assert sum(value["n"] for value in grouped["values"].values()) == report["data"]["test_rows"]
+    markdown = (tmp_path / "bench" / "benchmark.md").read_text()
+    assert "gender gap (accuracy)" in markdown and "Per perceived gender and age group" in markdown

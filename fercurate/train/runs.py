@@ -221,11 +221,40 @@ def benchmark_table(report: dict[str, Any]) -> pd.DataFrame:
             recall = {f"recall {name}": round(scores["recall"], 3)
                       for name, scores in metrics["per_class"].items()}
             left_out = ", ".join(f"{count} {label}" for label, count in sorted(metrics["left_out"].items()))
+            gaps = {f"{column} gap (accuracy)": _gap_text(metrics["group_report"][column])
+                    for column in DEMOGRAPHIC_GROUPS if column in metrics.get("group_report", {})}
             records.append({"training set": arm, "test set": test_name, "rows": metrics["rows"],
-                            "left out": left_out,
+                            "left out": left_out, **gaps,
                             "accuracy": round(metrics["accuracy"], 4), "macro-F1": round(metrics["macro_f1"], 4),
                             "balanced accuracy": round(metrics["balanced_accuracy"], 4),
                             "ECE": round(metrics["ece"], 4), **recall})
+    return pd.DataFrame(records)
+
+
+DEMOGRAPHIC_GROUPS = ("gender", "age_group")
+
+
+def _gap_text(report: dict[str, Any]) -> str:
+    gap = report["largest_gap"].get("accuracy")
+    return "" if gap is None else f"{gap['gap']:.3f} ({gap['best']} vs {gap['worst']})"
+
+
+def group_table(report: dict[str, Any]) -> pd.DataFrame:
+    """One row per (arm, test set, demographic group, value): faces, accuracy and macro-F1 with
+    their 95% bootstrap intervals."""
+    records = []
+    for arm, facts in report["arms"].items():
+        for test_name, metrics in facts["tests"].items():
+            for column, grouped in metrics.get("group_report", {}).items():
+                if column not in DEMOGRAPHIC_GROUPS:
+                    continue
+                for value, scores in grouped["values"].items():
+                    records.append({"training set": arm, "test set": test_name, "group": column, "value": value,
+                                    "faces": scores["n"],
+                                    "accuracy": f"{scores['accuracy']:.3f} [{scores['accuracy_ci'][0]:.3f}, "
+                                                f"{scores['accuracy_ci'][1]:.3f}]",
+                                    "macro-F1": f"{scores['macro_f1']:.3f} [{scores['macro_f1_ci'][0]:.3f}, "
+                                                f"{scores['macro_f1_ci'][1]:.3f}]"})
     return pd.DataFrame(records)
 
 
@@ -253,7 +282,11 @@ def _write_benchmark_pages(report: dict[str, Any], table: pd.DataFrame, output_d
     epochs = "; ".join(f"{arm}: {facts['train_rows']} training rows, {facts['training']['epochs']:.1f} epochs, "
                        f"best validation {facts['training']['best']['metric']} "
                        f"{facts['training']['best']['value']:.3f}" for arm, facts in report["arms"].items())
-    main = table[["training set", "test set", "rows", "left out", "accuracy", "macro-F1", "balanced accuracy", "ECE"]]
+    main = table[["training set", "test set", "rows", "left out", "accuracy", "macro-F1", "balanced accuracy", "ECE",
+                  *[column for column in table.columns if column.endswith(" gap (accuracy)")]]]
+    groups = group_table(report)
+    per_group = ("Per perceived gender and age group (95% bootstrap intervals; `unknown` is shown but never part "
+                 "of a gap):\n\n" + groups.to_markdown(index=False) + "\n\n") if len(groups) else ""
     left_out = table.loc[table["left out"] != "", ["test set", "left out"]].drop_duplicates()
     scope = ("Every test set is scored on the classes the model was trained on; faces of other classes "
              "cannot be predicted and are left out and counted"
@@ -262,9 +295,11 @@ def _write_benchmark_pages(report: dict[str, Any], table: pd.DataFrame, output_d
     recall = table[["training set", "test set", *[c for c in table.columns if c.startswith("recall ")]]]
     (output_dir / "benchmark.md").write_text(
         f"# fercurate benchmark\n\n{header}\n\n{epochs}\n\n{scope}\n\n{main.to_markdown(index=False)}\n\n"
-        f"Recall per class:\n\n{recall.to_markdown(index=False)}\n\n![benchmark](benchmark.png)\n")
+        f"Recall per class:\n\n{recall.to_markdown(index=False)}\n\n{per_group}![benchmark](benchmark.png)\n")
     (output_dir / "benchmark.html").write_text(
         "<!doctype html><meta charset=utf-8><title>fercurate benchmark</title><style>body{font-family:sans-serif}"
         "td,th{padding:2px 8px;text-align:right}</style><h1>fercurate benchmark</h1>"
         f"<p>{header}</p><p>{epochs}</p><p>{scope}</p>{main.to_html(index=False, border=0)}<h2>Recall per class</h2>"
-        f"{recall.to_html(index=False, border=0)}<img src='benchmark.png' alt='benchmark'>")
+        f"{recall.to_html(index=False, border=0)}"
+        + (f"<h2>Per perceived gender and age group</h2>{groups.to_html(index=False, border=0)}" if len(groups) else "")
+        + "<img src='benchmark.png' alt='benchmark'>")
