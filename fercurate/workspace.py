@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ import pyarrow.parquet as pq
 
 from fercurate.atomic import atomic_path, temporary_name
 from fercurate.errors import WorkspaceError, WorkspaceLocked
+from fercurate.reingest import carry_forward
 from fercurate.schema import (
     COLUMNS,
     ROW_DEFAULTS,
@@ -91,6 +92,8 @@ class IngestReport:
     rows_added: int = 0
     rows_replaced: int = 0
     rows_relabelled: int = 0
+    rows_kept_enrichment: int = 0  # replaced rows that kept what later steps added (see fercurate.reingest)
+    rows_reset: Counter[str] = field(default_factory=Counter)  # replaced rows that lost it, per reason
     images_written: int = 0
     skips: list[Skip] = field(default_factory=list)
     rows: pa.Table | None = None  # the rows this run produced or relabelled
@@ -116,6 +119,8 @@ class IngestReport:
             "rows_added": self.rows_added,
             "rows_replaced": self.rows_replaced,
             "rows_relabelled": self.rows_relabelled,
+            "rows_kept_enrichment": self.rows_kept_enrichment,
+            "rows_reset": dict(self.rows_reset),
             "images_written": self.images_written,
             "skipped": len(self.skips),
             "skip_reasons": dict(self.skip_reasons),
@@ -247,13 +252,21 @@ class Workspace:
     ) -> IngestReport:
         """Read every item of ``source`` into the workspace and commit it atomically.
 
-        ``progress`` is called with the number of items handled since its last call.
+        ``progress`` is called with the number of items handled since its last call. Replaced rows
+        keep what later steps added unless their pixels or source label changed
+        (:func:`fercurate.reingest.carry_forward`); a source with a ``resolve(relabels, manifest,
+        image_path)`` method (FER+) maps its relabels onto the workspace's rows itself.
         """
         started = time.perf_counter()
         report = IngestReport(source=source.name, input=str(source.path))
         with self.lock():
             faces, relabels = self._store_faces(source, report, progress, workers)
             existing = self.manifest()
+            faces, report.rows_kept_enrichment, report.rows_reset = carry_forward(faces, existing)
+            resolve = getattr(source, "resolve", None)
+            if resolve is not None and relabels:
+                relabels, unresolved = resolve(relabels, existing, self.image_path)
+                report.skips.extend(unresolved)
             relabelled = self._apply_relabels(existing, relabels, report)
             incoming = pa.concat_tables([faces, relabelled])
             existing_ids = existing["id"]
@@ -358,6 +371,9 @@ class Workspace:
         rows = matched.to_pylist()
         for row in rows:
             relabel = by_id.pop(row["id"])
+            if "flags" in relabel.fields:  # a source owns only its own "<source>-" flags: keep the others
+                others = [flag for flag in row["flags"] or () if not flag.startswith(f"{report.source}-")]
+                relabel = replace(relabel, fields={**relabel.fields, "flags": [*others, *relabel.fields["flags"]]})
             row.update(relabel.fields)
             if relabel.restore_original_label:
                 original = canonical_label(row["native_label"], SOURCE_LABEL_MAPS.get(row["source"]))

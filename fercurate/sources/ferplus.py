@@ -11,6 +11,17 @@ Votes are kept in ``label_votes`` whatever the label mode:
   leaves the FER2013 label and flags ``ferplus-no-majority``);
 - ``strict-majority``: the emotion with more than half of all votes, else as above.
 
+Joining, checked (never blind): FER+ names release rows, so :meth:`FerPlus.resolve` maps each
+release row onto the workspace's FER2013 row that *is* that face, using the shipped table of the
+original release (:mod:`fercurate.sources.fer2013_release`). A workspace row claims a release row
+by its id (``fer2013/<Usage>/<row>`` from fer2013.csv, or ``fer2013/<Usage>/<class>/<stem>`` from
+the image-folder release); the claim stands when the row's image has the release row's pHash.
+Rows whose claim fails are matched by content (the one nearest release pHash of the same usage);
+rows that match nothing, or several rows alike, get no votes and a skip. When most claims fail
+the CSV is not in the release's row order: the ingest is refused with a :class:`SourceError`.
+
+Votes must be finite and non-negative (else the row is skipped as ``invalid votes``).
+
 Flags, never silent drops: ``ferplus-not-face`` (NF has the most votes), ``ferplus-unknown``
 (unknown has the most votes), ``ferplus-no-image`` (FER+ left the image name empty: it excluded
 the image), ``ferplus-no-majority``.
@@ -20,13 +31,18 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from fercurate.sources.base import Item, Relabel, Skip, Source, SourceError
+from fercurate.sources.fer2013_release import USAGES, MATCH_DISTANCE, ReleaseTable, hamming, load_release, phash64
 
 VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
                 "unknown", "NF")
@@ -34,6 +50,10 @@ EMOTIONS = VOTE_COLUMNS[:8]
 LABEL_MODES = ("original", "majority", "strict-majority")
 LABEL_FILE_SPLITS = {"FER2013Train": "Training", "FER2013Valid": "PublicTest", "FER2013Test": "PrivateTest"}
 IMAGE_NAME = re.compile(r"^fer(\d{7})\.png$")
+CSV_ROW_ID = re.compile(r"^fer2013/(?:Training|PublicTest|PrivateTest)/(\d+)$")
+FOLDER_ROW_ID = re.compile(r"^fer2013/(?:Training|PublicTest|PrivateTest)/([^/]+/[^/]+)$")
+#: Below this share of verified claims, the workspace's FER2013 rows are not the release's order.
+MIN_VERIFIED_SHARE = 0.5
 
 
 def ferplus_label(votes: np.ndarray, mode: str) -> tuple[str | None, list[str]]:
@@ -60,8 +80,10 @@ class FerPlus(Source):
 
     name = "ferplus"
 
-    def __init__(self, path: str | Path, label_mode: str = "majority") -> None:
+    def __init__(self, path: str | Path, label_mode: str = "majority", release: ReleaseTable | None = None) -> None:
+        """``release`` is the table of the original FER2013 release (default: the shipped one)."""
         super().__init__(path)
+        self.release = release
         if label_mode not in LABEL_MODES:
             raise SourceError(f"unknown FER+ label mode {label_mode!r}: use {', '.join(LABEL_MODES)}")
         self.label_mode = label_mode
@@ -78,13 +100,17 @@ class FerPlus(Source):
 
     def __iter__(self) -> Iterator[Item]:
         for file in self.files:
-            with open(file, newline="") as handle:
-                first = handle.readline()
-                handle.seek(0)
-                if first.lower().startswith("usage"):
-                    yield from self._rows_with_header(file, csv.reader(handle))
-                else:
-                    yield from self._label_csv_rows(file, csv.reader(handle))
+            try:
+                with open(file, newline="", encoding="utf-8-sig") as handle:  # a BOM is not part of the header
+                    first = handle.readline()
+                    handle.seek(0)
+                    if first.lower().startswith("usage"):
+                        yield from self._rows_with_header(file, csv.reader(handle))
+                    else:
+                        yield from self._label_csv_rows(file, csv.reader(handle))
+            except UnicodeDecodeError as error:
+                raise SourceError(f"{file} is not a text CSV ({error.reason} at byte {error.start})",
+                                  "give FER+'s fer2013new.csv or a FER2013Train/Valid/Test/label.csv") from None
 
     def _rows_with_header(self, file: Path, reader: Iterator[list[str]]) -> Iterator[Item]:
         header = [column.strip() for column in next(reader)]
@@ -118,6 +144,8 @@ class FerPlus(Source):
             votes = np.asarray([float(value) for value in vote_text])
         except ValueError:
             return Skip(location, "non-numeric votes", f"votes must be numbers, got {vote_text}")
+        if not (np.isfinite(votes).all() and (votes >= 0).all()):
+            return Skip(location, "invalid votes", f"votes must be finite counts >= 0, got {vote_text}")
         label, flags = ferplus_label(votes, self.label_mode)
         if no_image:
             flags.append("ferplus-no-image")
@@ -125,3 +153,84 @@ class FerPlus(Source):
         if label is not None:
             fields.update(label=label, label_source=f"ferplus-{self.label_mode}")
         return Relabel(row_id, location, fields, restore_original_label=label is None)
+
+    def resolve(self, relabels: list[Relabel], manifest: pa.Table,
+                image_path: Callable[[str], Path]) -> tuple[list[Relabel], list[Skip]]:
+        """Retarget ``relabels`` (whose ids name release rows, ``fer2013/<Usage>/<row>``) onto the
+        workspace rows that are those faces; see the module docstring for the rule. ``image_path``
+        gives the absolute path of a manifest ``filepath``. Relabels of release rows that no
+        workspace row is become ``no matching row`` skips, as do workspace FER2013 rows that match
+        no release row (or several)."""
+        rows = manifest.filter(pc.equal(manifest["source"], "fer2013")).select(["id", "filepath", "source_split"])
+        if not relabels or rows.num_rows == 0:
+            return relabels, []
+        release = self.release if self.release is not None else load_release()
+        ids = rows["id"].to_pylist()
+        claimed = np.array(self._claims(ids, release), dtype=np.int64)
+        usages = np.array([USAGES.index(usage) if usage in USAGES else -1
+                           for usage in rows["source_split"].to_pylist()], dtype=np.int64)
+        faces = [cv2.imread(str(image_path(path)), cv2.IMREAD_GRAYSCALE) for path in rows["filepath"].to_pylist()]
+        readable = np.array([face is not None for face in faces])
+        hashes = np.zeros(len(ids), dtype=np.uint64)
+        if readable.any():
+            hashes[readable] = phash64(np.stack([cv2.resize(face, (48, 48), interpolation=cv2.INTER_AREA)
+                                                 for face in faces if face is not None]))
+        target = np.where(claimed >= 0, claimed, 0)
+        usage_ok = (claimed >= 0) & (release.usage[target] == usages)
+        checkable = usage_ok & release.has_phash[target] & readable
+        verified = checkable & (hamming(hashes, release.phash[target]) <= MATCH_DISTANCE)
+        claims = int(((claimed >= 0) & release.has_phash[target]).sum())
+        if claims and verified.sum() < MIN_VERIFIED_SHARE * claims:
+            raise SourceError(
+                f"only {int(verified.sum())} of {claims} FER2013 rows in the workspace show the face of the "
+                "fer2013.csv row their id names: this fer2013.csv is not the original release's row order "
+                "(a subset, reordered or edited copy), so FER+ votes cannot be joined by row",
+                "ingest the original fer2013.csv (all 35,887 rows, unchanged order) or the Kaggle image-folder "
+                "release, then ingest FER+ again")
+        # A claim on a row without a release pHash (FER+ gave it no image, or it is not a face) can
+        # not be checked: it stands on the verified order of the rest of the file, unless the face is
+        # a release row whose own claimant failed (rows moved: the face is that row).
+        unhashed = usage_ok & ~release.has_phash[target]
+        displaced = np.zeros(len(release), dtype=bool)
+        displaced[claimed[(claimed >= 0) & ~verified & release.has_phash[target]]] = True
+        moved = np.flatnonzero(unhashed & readable)
+        moved = moved[release.nearest(hashes[moved], usages[moved], ~displaced)[0] >= 0]
+        by_position = verified | unhashed
+        by_position[moved] = False
+        exclude = np.zeros(len(release), dtype=bool)
+        exclude[claimed[by_position]] = True
+        unmatched = np.flatnonzero(~by_position & readable)
+        nearest, unique = release.nearest(hashes[unmatched], usages[unmatched], exclude)
+        matched = np.where(by_position, claimed, -1)
+        matched[unmatched[(nearest >= 0) & unique]] = nearest[(nearest >= 0) & unique]
+        ambiguous = set(unmatched[(nearest >= 0) & ~unique].tolist())
+        skips = [Skip(ids[index], "ambiguous release row",
+                      "its image matches several rows of the original fer2013.csv alike; no FER+ votes")
+                 if index in ambiguous else
+                 Skip(ids[index], "no release row", "its image is no row of the original fer2013.csv; no FER+ votes")
+                 for index in np.flatnonzero(matched < 0).tolist()]
+        targets: dict[int, list[str]] = {}
+        for index in np.flatnonzero(matched >= 0):
+            targets.setdefault(int(matched[index]), []).append(ids[index])
+        resolved: list[Relabel] = []
+        for relabel in relabels:
+            row = int(relabel.id.rsplit("/", 1)[1])
+            found = targets.get(row)
+            if found is None:
+                skips.append(Skip(relabel.location, "no matching row",
+                                  f"release row {row} ({relabel.id}) is not in the workspace; ingest FER2013 first"))
+            resolved.extend(replace(relabel, id=workspace_id) for workspace_id in found or ())
+        return resolved, skips
+
+    @staticmethod
+    def _claims(ids: list[str], release: ReleaseTable) -> list[int]:
+        """The release row each workspace FER2013 id names (-1: none): the row number of a
+        fer2013.csv id, or the shipped row of an image-folder file."""
+        rows_of_keys = release.rows_of_keys()
+        claims = []
+        for row_id in ids:
+            csv_row = CSV_ROW_ID.match(row_id)
+            folder = FOLDER_ROW_ID.match(row_id) if csv_row is None else None
+            row = int(csv_row.group(1)) if csv_row else rows_of_keys.get(folder.group(1), -1) if folder else -1
+            claims.append(row if row < len(release) else -1)
+        return claims
