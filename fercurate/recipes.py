@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fercurate.errors import RecipeError
 from fercurate.options import option_error
-from fercurate.audit.run import AuditOptions, AuditResult, audit_workspace
-from fercurate.sources import SOURCES, Source, SourceError, open_source
+from fercurate.audit.result import AuditResult
+from fercurate.audit.run import AuditOptions, audit_workspace
+from fercurate.sources import SOURCES, Source, open_source
 from fercurate.workspace import IngestReport, Workspace
 
 
@@ -35,13 +36,7 @@ class IngestStep(BaseModel):
 
     def reader(self, workspace: Workspace) -> Source:
         """The source reader this step describes."""
-        if self.source == "demo":
-            from fercurate.sources.demo import open_demo
-
-            return open_demo(self.path or workspace.root / "demo-data", **self.options)
-        if self.path is None:
-            raise SourceError(f"the {self.source} step needs a path")
-        return open_source(self.source, self.path, **self.options)
+        return open_source(self.source, self.path, workspace_root=workspace.root, **self.options)
 
 
 class AuditStep(AuditOptions):
@@ -90,8 +85,9 @@ def load_recipe(path: str | Path) -> Recipe:
             step = model.model_validate(body or {})
         except ValidationError as error:
             raise RecipeError(f"step {number} ({kind}) of {path.name}: {option_error(error, kind).message}") from None
-        if isinstance(step, IngestStep) and step.source not in (*SOURCES, "demo"):
-            raise RecipeError(f"step {number} of {path.name}: unknown source {step.source!r}")
+        if isinstance(step, IngestStep) and step.source not in SOURCES:
+            raise RecipeError(f"step {number} of {path.name}: unknown source {step.source!r}",
+                              f"use one of {', '.join(SOURCES)}")
         steps.append(step)
     base = path.resolve().parent
 

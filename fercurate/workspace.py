@@ -353,7 +353,7 @@ class Workspace:
             try:
                 pixels = face.image() if callable(face.image) else face.image
             except UnreadableImage as error:
-                results.append(Skip(face.fields["origin"], "unreadable image", str(error)))
+                results.append(Skip(face.fields["origin"], error.reason, str(error)))
                 continue
             sha1 = pixel_sha1(pixels)
             target = os.path.join(root, image_relpath(sha1))

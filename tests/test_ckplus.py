@@ -92,7 +92,7 @@ def _skips(workspace: Workspace) -> list[tuple[str, str]]:
 
 
 ORIGINAL_SKIPS = [
-    ("S010_002_00000002_emotion.txt", "unknown emotion code"),
+    ("Emotion/S010/002/S010_002_00000002_emotion.txt", "unknown emotion code"),
     ("cohn-kanade-images/S005/002", "unlabelled sequence"),
 ]
 
@@ -330,7 +330,7 @@ def _check_ck48(rows: dict[str, dict], prefix: str) -> None:
 def test_ckplus48_folder(tmp_path: Path, ck48: Path) -> None:
     source = open_ckplus(ck48)
     assert isinstance(source, CkPlus48)
-    assert source.options() == {"format": "CK+48"}
+    assert source.options() == {"format": "CK+48", "max_member_bytes": 64 * 1024 * 1024}
     workspace, rows = _ingest(tmp_path, source)
     _check_ck48(rows, "")
     assert _skips(workspace) == CK48_SKIPS
@@ -389,7 +389,22 @@ def test_unreadable_emotion_file(tmp_path: Path) -> None:
     (root / "Emotion" / "S005" / "001" / "S005_001_00000002_emotion.txt").write_text("angry\n")
     workspace, rows = _ingest(tmp_path, open_ckplus(root))
     assert rows == {}
-    assert _skips(workspace) == [("S005_001_00000002_emotion.txt", "unreadable label file")]
+    assert _skips(workspace) == [("Emotion/S005/001/S005_001_00000002_emotion.txt", "unreadable label file")]
+
+
+@pytest.mark.parametrize("text", ["12.0 oops\n", "1 2\n3\n", "nan nan\n", "\xff\xfe".encode("latin-1").decode("latin-1")])
+def test_malformed_landmarks_and_facs_are_skips_and_keep_the_face(tmp_path: Path, text: str) -> None:
+    """Issue 8 item 10: a malformed Landmarks or FACS file used to raise ValueError and abort the whole
+    ingest; now each is a counted skip and the face is ingested without landmarks / action units."""
+    root = tmp_path / "CK+"
+    _sequence(root, "S005", "001", 2, emotion=1.0, facs=FACS_ROWS, landmarks=True)
+    (root / "Landmarks" / "S005" / "001" / "S005_001_00000002_landmarks.txt").write_bytes(text.encode("latin-1"))
+    (root / "FACS" / "S005" / "001" / "S005_001_00000002_facs.txt").write_bytes(text.encode("latin-1"))
+    workspace, rows = _ingest(tmp_path, open_ckplus(root))
+    assert rows["ckplus/S005_001_00000002"]["landmarks"] is None
+    assert rows["ckplus/S005_001_00000002"]["action_units"] is None
+    assert _skips(workspace) == [("FACS/S005/001/S005_001_00000002_facs.txt", "malformed FACS file"),
+                                 ("Landmarks/S005/001/S005_001_00000002_landmarks.txt", "malformed landmarks file")]
 
 
 # the real samples

@@ -52,3 +52,13 @@ def test_help_and_ingest_do_not_import_heavy_libraries() -> None:
              "print(sorted(m for m in ('torch', 'fiftyone', 'diffusers', 'datasets', 'pandas') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_ingest_help_names_exactly_the_registered_sources() -> None:
+    import re
+
+    from fercurate.sources import SOURCES
+    from fercurate_cli.main import SOURCE_HELP
+
+    named = set(re.findall(r"(?:^|[:,] |, )([a-z0-9]+)(?= \(|,|\.$)", " ".join(SOURCE_HELP.split())))
+    assert named == set(SOURCES)

@@ -118,7 +118,7 @@ CASES = [
     Case("audit --folds 1", lambda ws, tmp: ["audit", "-w", str(ws.root), "--folds", "1"],
          "folds: Input should be greater than or equal to 2", "names the option and its bound"),
     Case("audit --estimator without =", lambda ws, tmp: ["audit", "-w", str(ws.root), "--estimator", "gender"],
-         "--estimator expects COLUMN=PATH", "shows the expected form"),
+         "expected COLUMN=VALUE (e.g. gender=model.onnx", "shows the expected form"),
     Case("audit --demographics missing.csv",
          lambda ws, tmp: ["audit", "-w", str(ws.root), "--demographics", str(tmp / "missing.csv")],
          "demographics sidecar", "refuses before auditing"),

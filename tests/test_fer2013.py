@@ -91,6 +91,32 @@ def test_crlf_and_blank_lines(tmp_path: Path) -> None:
     assert workspace.manifest()["label"].to_pylist() == ["surprise", "surprise"]
 
 
+@pytest.mark.parametrize("newline, prefix", [(b"\r", b""), (b"\n", b"\xef\xbb\xbf"), (b"\r", b"\xef\xbb\xbf")])
+def test_cr_only_and_bom_files_read_like_plain_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     newline: bytes, prefix: bytes) -> None:
+    """Issue 8 item 4: a CR-only file gave 0 rows and 0 skips, a BOM file was refused. Both now give
+    the same ids, pixels and skip line numbers as a plain file, across block boundaries."""
+    lines = [f"{i % 7},{pixel_string(face_pixels(i))},Training" for i in range(5)]
+    lines.insert(2, "9," + pixel_string(face_pixels(9)) + ",Training")  # file line 4: unknown code
+    path = tmp_path / "fer2013.csv"
+    path.write_bytes(prefix + newline.join(line.encode() for line in ["emotion,pixels,Usage", *lines]) + newline)
+    monkeypatch.setattr(fer2013_module, "_BLOCK_BYTES", 5000)  # smaller than one row
+    workspace, report = ingest(path, tmp_path)
+    assert workspace.manifest()["id"].to_pylist() == [f"fer2013/Training/{i:05d}" for i in (0, 1, 3, 4, 5)]
+    assert [(skip.location, skip.reason) for skip in report.skips] == [("fer2013.csv:4", "unknown emotion code")]
+    stored = workspace.manifest().to_pylist()[0]
+    assert np.array_equal(cv2.imread(str(workspace.image_path(stored["filepath"])), cv2.IMREAD_UNCHANGED), face_pixels(0))
+
+
+def test_headerless_file_error_quotes_a_short_prefix(tmp_path: Path) -> None:
+    """Issue 8: the no-header error used to quote the whole 8 KB first row."""
+    path = tmp_path / "fer2013.csv"
+    path.write_text(f"3,{pixel_string(face_pixels(0))},Training\n")
+    with pytest.raises(SourceError, match=r"characters\)") as raised:
+        open_source("fer2013", path)
+    assert len(str(raised.value)) < 400
+
+
 def test_wrong_header_says_what_is_wrong(tmp_path: Path) -> None:
     path = tmp_path / "other.csv"
     path.write_text("a,b,c\n1,2,3\n")

@@ -47,7 +47,7 @@ def faces(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
 def test_imagefolder(tmp_path: Path, faces) -> None:
     root, written = faces
     source = ImageFolder(root)
-    assert source.options() == {"label_map": {}, "collection": "faces"}
+    assert source.options() == {"label_map": {}, "collection": "faces", "max_member_bytes": 64 * 1024 * 1024}
     workspace, rows = ingest_rows(tmp_path, source)
     assert {row_id: (row["label"], row["native_label"], row["source_split"], row["origin"])
             for row_id, row in rows.items()} == {
@@ -66,7 +66,7 @@ def test_imagefolder(tmp_path: Path, faces) -> None:
 def test_imagefolder_label_map(tmp_path: Path, faces) -> None:
     root, written = faces
     source = open_source("imagefolder", root, label_map="selfie=neutral", collection="mine")
-    assert source.options() == {"label_map": {"selfie": "neutral"}, "collection": "mine"}
+    assert source.options() == {"label_map": {"selfie": "neutral"}, "collection": "mine", "max_member_bytes": 64 * 1024 * 1024}
     workspace, rows = ingest_rows(tmp_path, source)
     assert sorted(rows) == ["imagefolder/mine/misc/selfie/c", "imagefolder/mine/test/Angry/b",
                             "imagefolder/mine/train/happy/a"]

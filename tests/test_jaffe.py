@@ -117,7 +117,7 @@ def test_ratings(tmp_path: Path, jaffe) -> None:
     ratings = tmp_path / "semantic-ratings.txt"
     ratings.write_text(RATINGS)
     source = open_source("jaffe", root, ratings=ratings)
-    assert source.options() == {"ratings": str(ratings)}
+    assert source.options() == {"ratings": str(ratings), "max_member_bytes": 64 * 1024 * 1024}
     _, rows = ingest_rows(tmp_path, source)
     votes = {row_id: dict(row["label_votes"]) if row["label_votes"] else None for row_id, row in rows.items()}
     assert votes["jaffe/KA.AN1.39"] == pytest.approx(

@@ -9,6 +9,9 @@ frame to the expression's apex::
     Landmarks/S005/001/S005_001_00000001_landmarks.txt  68 rows of x y, per frame
 
 Only 327 sequences carry an emotion; the others are reported as skipped, not dropped silently.
+A malformed Emotion file skips its sequence; a malformed FACS or Landmarks file is a counted skip
+too, but its faces are still ingested, without action units or landmarks. Skips name files by
+their path relative to the input folder.
 Which frames become rows is the frame policy (:class:`FramePolicy`). Every row keeps its
 subject and sequence, its frame position, the frame's landmarks and, on the coded frame, its
 FACS action units.
@@ -29,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from fercurate.schema import SOURCE_LABEL_MAPS
-from fercurate.sources.base import Face, ImageFile, Item, Skip, Source, SourceError, image_loader, iter_image_files
+from fercurate.sources.base import DEFAULT_MAX_MEMBER_BYTES, Face, ImageFile, Item, Skip, Source, SourceError, image_loader, iter_image_files
 
 EMOTION_CODES = SOURCE_LABEL_MAPS["ckplus"]
 CK48_LABELS = SOURCE_LABEL_MAPS["ckplus48"]
@@ -74,12 +77,20 @@ class FramePolicy:
         return f"last:{self.count}" if self.kind == "last" else self.kind
 
 
-def read_number_rows(path: Path) -> np.ndarray:
-    """The whitespace-separated numbers of a CK+ text file as a 2-D float array."""
+def read_number_rows(path: Path, min_columns: int = 1) -> np.ndarray:
+    """The whitespace-separated numbers of a CK+ text file as a 2-D float array of at least
+    ``min_columns`` columns. Raises ValueError (UnicodeDecodeError included) naming the file
+    when it is anything else: callers turn that into a counted skip."""
     rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
-    if not rows or len({len(row) for row in rows}) != 1:
-        raise ValueError(f"{path.name} is not a table of numbers")
-    return np.asarray(rows, dtype=np.float64)
+    if not rows or len({len(row) for row in rows}) != 1 or len(rows[0]) < min_columns:
+        raise ValueError(f"{path.name} is not a table of numbers with at least {min_columns} columns")
+    try:
+        table = np.asarray(rows, dtype=np.float64)
+    except ValueError as error:
+        raise ValueError(f"{path.name} holds a value that is not a number ({error})") from None
+    if not np.isfinite(table).all():
+        raise ValueError(f"{path.name} holds a value that is not a finite number")
+    return table
 
 
 class CkPlus(Source):
@@ -116,19 +127,25 @@ class CkPlus(Source):
         if not emotion_files:
             yield Skip(location, "unlabelled sequence", "no Emotion file (CK+ labels 327 of its 593 sequences)")
             return
+        emotion_location = self._relative(emotion_files[-1])
         try:
             code = str(int(read_number_rows(emotion_files[-1])[0, 0]))
         except ValueError as error:
-            yield Skip(emotion_files[-1].name, "unreadable label file", str(error))
+            yield Skip(emotion_location, "unreadable label file", f"{error}; the sequence is skipped")
             return
         if code not in EMOTION_CODES:
-            yield Skip(emotion_files[-1].name, "unknown emotion code", f"{code} is not one of 0..7")
+            yield Skip(emotion_location, "unknown emotion code", f"{code} is not one of 0..7")
             return
-        action_units = self._action_units(subject, number)
+        action_units, skip = self._action_units(subject, number)
+        if skip is not None:
+            yield skip
         count = len(frames)
         for position in self.policy.frames(count):
             frame = frames[position]
             onset_as_neutral = self.policy.kind == "onset-apex" and position == 0 and count > 1
+            landmarks, skip = self._landmarks(subject, number, frame.stem)
+            if skip is not None:
+                yield skip
             yield Face(
                 fields={
                     "id": f"ckplus/{frame.stem}",
@@ -142,7 +159,7 @@ class CkPlus(Source):
                     "frame_index": int(FRAME_NAME.match(frame.stem).group(3)),  # type: ignore[union-attr]
                     "frame_count": count,
                     "intensity": position / (count - 1) if count > 1 else 1.0,
-                    "landmarks": self._landmarks(subject, number, frame.stem),
+                    "landmarks": landmarks,
                     "action_units": action_units if position == count - 1 else None,
                 },
                 image=image_loader(ImageFile(frame.name, frame.read_bytes)),
@@ -152,16 +169,34 @@ class CkPlus(Source):
         root = self.folders[kind]
         return root / subject / number if root is not None else Path("/nonexistent")
 
-    def _action_units(self, subject: str, number: str) -> list[tuple[int, float]] | None:
+    def _relative(self, path: Path) -> str:
+        """``path`` relative to the input root, as skips record it."""
+        return path.relative_to(self.path).as_posix()
+
+    def _action_units(self, subject: str, number: str) -> tuple[list[tuple[int, float]] | None, Skip | None]:
+        """The sequence's FACS codes, or None with a skip when the file is malformed: the faces are
+        still ingested (their emotion comes from Emotion/), only without action units."""
         files = sorted(self._label_dir("FACS", subject, number).glob("*_facs.txt"))
         if not files:
-            return None
-        table = read_number_rows(files[-1])
-        return [(int(au), float(intensity)) for au, intensity in table[:, :2]]
+            return None, None
+        try:
+            table = read_number_rows(files[-1], min_columns=2)
+        except ValueError as error:
+            return None, Skip(self._relative(files[-1]), "malformed FACS file",
+                              f"{error}; the faces are ingested without action units")
+        return [(int(au), float(intensity)) for au, intensity in table[:, :2]], None
 
-    def _landmarks(self, subject: str, number: str, stem: str) -> list[list[float]] | None:
+    def _landmarks(self, subject: str, number: str, stem: str) -> tuple[list[list[float]] | None, Skip | None]:
+        """The frame's landmarks, or None with a skip when the file is malformed: the face is still
+        ingested, only without landmarks."""
         path = self._label_dir("Landmarks", subject, number) / f"{stem}_landmarks.txt"
-        return read_number_rows(path)[:, :2].tolist() if path.is_file() else None
+        if not path.is_file():
+            return None, None
+        try:
+            return read_number_rows(path, min_columns=2)[:, :2].tolist(), None
+        except ValueError as error:
+            return None, Skip(self._relative(path), "malformed landmarks file",
+                              f"{error}; the face is ingested without landmarks")
 
 
 class CkPlus48(Source):
@@ -170,11 +205,14 @@ class CkPlus48(Source):
     name = "ckplus"
 
     def options(self) -> dict[str, Any]:
-        return {"format": "CK+48"}
+        return {"format": "CK+48", "max_member_bytes": self.max_member_bytes}
 
     def __iter__(self) -> Iterator[Item]:
         found: list[tuple[ImageFile, str, re.Match[str]]] = []
-        for image_file in iter_image_files(self.path):
+        for image_file in iter_image_files(self.path, self.max_member_bytes):
+            if isinstance(image_file, Skip):
+                yield image_file
+                continue
             parts = Path(image_file.relpath).parts
             folder = parts[-2] if len(parts) >= 2 else ""
             match = FRAME_NAME.match(Path(image_file.relpath).stem)
@@ -207,14 +245,14 @@ class CkPlus48(Source):
             )
 
 
-def open_ckplus(path: str | Path, frames: str = "apex") -> Source:
+def open_ckplus(path: str | Path, frames: str = "apex", max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Source:
     """The right CK+ reader for ``path``: the original distribution, or the CK+48 release."""
     path = Path(path).expanduser()
     if path.is_dir() and _find_folder(path, "cohn-kanade-images") is not None:
         return CkPlus(path, frames=frames)
     if frames != "apex" and path.exists():  # a missing path is reported as such by the reader
         raise SourceError("--frames applies to the original CK+ distribution; CK+48 holds fixed frames")
-    return CkPlus48(path)
+    return CkPlus48(path, max_member_bytes)
 
 
 def _find_folder(root: Path, name: str, depth: int = 3) -> Path | None:

@@ -22,6 +22,7 @@ from typing import Literal, NamedTuple
 import cv2
 import numpy as np
 
+from fercurate.errors import OptionError, SourceError
 from fercurate.schema import SOURCE_LABEL_MAPS
 from fercurate.sources.fer2013 import SIDE, Fer2013Csv
 
@@ -128,7 +129,7 @@ def draw_demo_faces(per_class: int = 40, seed: int = 0) -> tuple[np.ndarray, np.
     faces, then all code-1 faces, ...). The same ``seed`` always gives the same arrays.
     """
     if per_class < 1:
-        raise ValueError(f"per_class must be at least 1, got {per_class}")
+        raise OptionError(f"per_class must be at least 1, got {per_class}")
     codes = np.repeat(np.arange(len(DEMO_EMOTION_CODES), dtype=np.int64), per_class)
     expression_of_code = {code: _EXPRESSIONS[label] for label, code in DEMO_EMOTION_CODES.items()}
     n = codes.size
@@ -172,7 +173,7 @@ def write_demo_csv(path: str | Path, per_class: int = 40, seed: int = 0, test_sh
     temporary name in the same folder and renamed into place, so no reader sees half a file.
     """
     if not 0.0 <= test_share <= 1.0:
-        raise ValueError(f"test_share must be between 0 and 1, got {test_share}")
+        raise OptionError(f"test_share must be between 0 and 1, got {test_share}")
     target = Path(path).expanduser()
     images, codes = draw_demo_faces(per_class, seed)
     n_test = round(test_share * per_class)
@@ -202,5 +203,9 @@ def write_demo_csv(path: str | Path, per_class: int = 40, seed: int = 0, test_sh
 def open_demo(folder: str | Path, per_class: int = 40, seed: int = 0) -> Fer2013Csv:
     """Write the demo faces as ``folder/fer2013-demo.csv`` and return the real fer2013.csv reader
     for it, naming its rows' source ``demo`` (so they never mix with real FER2013 ids)."""
-    path = write_demo_csv(Path(folder).expanduser() / "fer2013-demo.csv", per_class=per_class, seed=seed)
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise SourceError(f"{folder} is a file: the demo writes its faces into a folder",
+                          "give a folder, or no path for the workspace's demo-data/")
+    path = write_demo_csv(folder / "fer2013-demo.csv", per_class=per_class, seed=seed)
     return Fer2013Csv(path, dataset="demo")

@@ -3,7 +3,8 @@
 ``fer2013.csv`` (header ``emotion,pixels,Usage``, or ``emotion, Usage, pixels`` in the
 ``icml_face_data.csv`` copy) is about 290 MB; it is streamed in blocks and each block's pixel
 strings are parsed at once with numpy, so memory stays flat and every bad row is reported with
-its line number. Row ``i`` becomes ``fer2013/<Usage>/<i:05d>``, the key FER+ joins on.
+its line number. Row ``i`` becomes ``fer2013/<Usage>/<i:05d>``, the key FER+ joins on. Line ends may
+be LF, CRLF or bare CR (old Mac tools), and a UTF-8 byte-order mark before the header is ignored.
 
 The image-folder release (``train/<class>/Training_<n>.jpg``, ``test/<class>/PublicTest_<n>.jpg``
 and ``PrivateTest_<n>.jpg``, as a folder or as the .tar.gz it is downloaded in) takes its split
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from fercurate.schema import SOURCE_LABEL_MAPS
-from fercurate.sources.base import Face, Item, Skip, Source, SourceError, image_loader, is_archive, iter_image_files
+from fercurate.sources.base import DEFAULT_MAX_MEMBER_BYTES, Face, Item, Skip, Source, SourceError, image_loader, is_archive, iter_image_files
 
 SIDE = 48
 PIXELS = SIDE * SIDE
@@ -28,6 +29,7 @@ CSV_LABELS = SOURCE_LABEL_MAPS["fer2013"]
 FOLDER_LABELS = SOURCE_LABEL_MAPS["fer2013-folder"]
 _BLOCK_BYTES = 1 << 22
 _NEWLINE, _COMMA, _CR = 10, 44, 13
+_NL_BYTE, _CR_BYTE, _BOM = b"\n", b"\r", b"\xef\xbb\xbf"
 _DISALLOWED_IN_PIXELS = np.ones(256, dtype=bool)
 _DISALLOWED_IN_PIXELS[[ord(c) for c in "0123456789 \t\r\""]] = False
 
@@ -47,13 +49,20 @@ class Fer2013Csv(Source):
         if not self.path.is_file():
             raise SourceError(f"{self.path} is not a file: give fer2013.csv or the image-folder release")
         with open(self.path, "rb") as handle:
-            header = handle.readline().decode("utf-8", errors="replace")
-        self.columns = [column.strip().strip('"').lower() for column in header.rstrip("\r\n").split(",")]
+            head = handle.read(_BLOCK_BYTES)
+        # Old Mac tools end lines with a bare CR: such a file is read with CR as its line end.
+        self.cr_only = _CR_BYTE in head and _NL_BYTE not in head
+        newline = _CR_BYTE if self.cr_only else _NL_BYTE
+        first_line = head.split(newline, 1)[0]
+        self.data_offset = len(first_line) + (len(newline) if newline in head else 0)
+        header = first_line.removeprefix(_BOM).decode("utf-8", errors="replace").rstrip("\r")
+        self.columns = [column.strip().strip('"').lower() for column in header.split(",")]
         missing = {"emotion", "pixels"} - set(self.columns)
         if missing:
+            shown = header if len(header) <= 120 else f"{header[:120]}... ({len(header)} characters)"
             raise SourceError(
-                f"{self.path.name} has columns {self.columns}, not fer2013.csv's emotion, pixels, Usage "
-                f"(missing: {', '.join(sorted(missing))}); is this the right file?"
+                f"{self.path.name} starts with {shown!r}, not fer2013.csv's header emotion,pixels,Usage "
+                f"(missing: {', '.join(sorted(missing))})", "is this the right file? add the header line if it has none"
             )
 
     def options(self) -> dict[str, Any]:
@@ -67,10 +76,12 @@ class Fer2013Csv(Source):
         row = 0
         line = 2  # 1-based file line of the first data row
         with open(self.path, "rb") as handle:
-            handle.readline()
+            handle.seek(self.data_offset)
             carry = b""
             while True:
                 chunk = handle.read(_BLOCK_BYTES)
+                if self.cr_only:
+                    chunk = chunk.replace(_CR_BYTE, _NL_BYTE)
                 block = carry + chunk
                 if not chunk:
                     if block:
@@ -185,13 +196,16 @@ class Fer2013Folder(Source):
     name = "fer2013"
 
     def options(self) -> dict[str, Any]:
-        return {"format": "image-folder"}
+        return {"format": "image-folder", "max_member_bytes": self.max_member_bytes}
 
     def size_hint(self) -> int | None:
         return None if is_archive(self.path) else 35_887
 
     def __iter__(self) -> Iterator[Item]:
-        for image_file in iter_image_files(self.path):
+        for image_file in iter_image_files(self.path, self.max_member_bytes):
+            if isinstance(image_file, Skip):
+                yield image_file
+                continue
             parts = Path(image_file.relpath).parts
             location = image_file.relpath
             stem = Path(image_file.relpath).stem
@@ -218,9 +232,10 @@ class Fer2013Folder(Source):
             )
 
 
-def open_fer2013(path: str | Path) -> Source:
-    """The right FER2013 reader for ``path``: a .csv file, or the image-folder release."""
+def open_fer2013(path: str | Path, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Source:
+    """The right FER2013 reader for ``path``: a .csv file, or the image-folder release (whose image
+    files and archive members over ``max_member_bytes`` are skipped unread)."""
     path = Path(path).expanduser()
     if path.is_file() and path.suffix.lower() == ".csv":
         return Fer2013Csv(path)
-    return Fer2013Folder(path)
+    return Fer2013Folder(path, max_member_bytes)

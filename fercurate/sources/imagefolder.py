@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fercurate.schema import CANONICAL_LABELS, canonical_label
-from fercurate.sources.base import Face, Item, Skip, Source, SourceError, image_loader, is_archive, iter_image_files
+from fercurate.sources.base import DEFAULT_MAX_MEMBER_BYTES, Face, Item, Skip, Source, SourceError, image_loader, is_archive, iter_image_files
 
 SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "validation", "valid": "validation",
                  "validation": "validation", "test": "test", "testing": "test"}
@@ -44,17 +44,20 @@ class ImageFolder(Source):
     name = "imagefolder"
 
     def __init__(self, path: str | Path, label_map: str | Mapping[str, str] | None = None,
-                 collection: str | None = None) -> None:
-        super().__init__(path)
+                 collection: str | None = None, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> None:
+        super().__init__(path, max_member_bytes)
         self.label_map = parse_label_map(label_map)
         stem = self.path.name.split(".")[0] if is_archive(self.path) else self.path.name
         self.collection = collection or re.sub(r"[^A-Za-z0-9_.+-]", "_", stem) or "images"
 
     def options(self) -> dict[str, Any]:
-        return {"label_map": self.label_map, "collection": self.collection}
+        return {"label_map": self.label_map, "collection": self.collection, "max_member_bytes": self.max_member_bytes}
 
     def __iter__(self) -> Iterator[Item]:
-        for image_file in iter_image_files(self.path):
+        for image_file in iter_image_files(self.path, self.max_member_bytes):
+            if isinstance(image_file, Skip):
+                yield image_file
+                continue
             parts = Path(image_file.relpath).parts
             folder = parts[-2] if len(parts) >= 2 else ""
             label = canonical_label(folder, self.label_map) if folder else None
