@@ -254,8 +254,8 @@ class Workspace:
 
         ``progress`` is called with the number of items handled since its last call. Replaced rows
         keep what later steps added unless their pixels or source label changed
-        (:func:`fercurate.reingest.carry_forward`); a source with a ``resolve(relabels, manifest,
-        image_path)`` method (FER+) maps its relabels onto the workspace's rows itself.
+        (:func:`fercurate.reingest.carry_forward`); a source's relabels are mapped onto the
+        workspace's rows by its :meth:`~fercurate.sources.base.Source.resolve` (FER+ checks faces).
         """
         started = time.perf_counter()
         report = IngestReport(source=source.name, input=str(source.path))
@@ -263,9 +263,8 @@ class Workspace:
             faces, relabels = self._store_faces(source, report, progress, workers)
             existing = self.manifest()
             faces, report.rows_kept_enrichment, report.rows_reset = carry_forward(faces, existing)
-            resolve = getattr(source, "resolve", None)
-            if resolve is not None and relabels:
-                relabels, unresolved = resolve(relabels, existing, self.image_path)
+            if relabels:
+                relabels, unresolved = source.resolve(relabels, existing, self.image_path)
                 report.skips.extend(unresolved)
             relabelled = self._apply_relabels(existing, relabels, report)
             incoming = pa.concat_tables([faces, relabelled])

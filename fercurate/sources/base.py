@@ -27,12 +27,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fercurate.errors import OptionError, SourceError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm"})
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
@@ -120,6 +123,13 @@ class Source(ABC):
     def options(self) -> dict[str, Any]:
         """The options this reader was built with, recorded in the workspace's history."""
         return {}
+
+    def resolve(self, relabels: list[Relabel], manifest: pa.Table,
+                image_path: Callable[[str], Path]) -> tuple[list[Relabel], list[Skip]]:
+        """Point this source's relabels at the workspace rows they are meant for, given the
+        current rows and where their images are; returns the relabels and skips for those that
+        match no row. The default trusts the ids; FER+ checks each face against the release."""
+        return relabels, []
 
 
 def decode_image(data: bytes) -> np.ndarray:
