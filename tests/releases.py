@@ -21,6 +21,7 @@ from PIL import Image
 
 from fercurate.schema import SOURCE_LABEL_MAPS
 from fercurate.sources.demo import draw_demo_faces, write_demo_csv
+from fercurate.sources.fer2013_release import USAGES, ReleaseTable, phash64
 from fercurate.sources.ferplus import VOTE_COLUMNS
 
 FER2013_LABELS = SOURCE_LABEL_MAPS["fer2013"]  # code -> canonical
@@ -76,6 +77,16 @@ def ferplus_csv(folder: Path, fer2013: Path, seed: int = 0) -> Path:
             name = "" if index == 2 else f"fer{index:07d}.png"
             writer.writerow([row["Usage"], name, *votes.tolist()])
     return target
+
+
+def fer2013_release_table(fer2013: Path) -> ReleaseTable:
+    """A stand-in for the shipped table of the original release, made from ``fer2013``: FER+
+    checks every face against the release row it joins, so a generated fer2013.csv needs its own."""
+    with open(fer2013, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    faces = np.stack([np.array(row["pixels"].split(), dtype=np.uint8).reshape(48, 48) for row in rows])
+    return ReleaseTable(usage=np.array([USAGES.index(row["Usage"]) for row in rows], dtype=np.uint8),
+                        key=np.array([b""] * len(rows)), phash=phash64(faces), has_phash=np.ones(len(rows), bool))
 
 
 def fer2013_folder_archive(folder: Path, per_class: int = 6, seed: int = 1) -> Path:
