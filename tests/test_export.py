@@ -4,9 +4,6 @@ selection leaves the right deficit, and every export format reloads with the sam
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import cv2
@@ -15,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from conftest import pixel_string, write_fer2013_csv
+from fercurate_cli.main import app
 from test_audit import textured_face
 from typer.testing import CliRunner
 
@@ -30,7 +28,6 @@ from fercurate.splits import (
     subject_folds,
 )
 from fercurate.workspace import Workspace
-from fercurate_cli.main import app
 
 
 def subject_rows(subjects: int = 12, per_subject: int = 6) -> pd.DataFrame:
@@ -210,68 +207,3 @@ def test_fiftyone_export_reloads(workspace: Workspace, tmp_path: Path, fiftyone_
     finally:
         reloaded.delete()
         fo.load_dataset(f"fercurate-{workspace.root.name}").delete()
-
-
-def test_overwrite_never_deletes_a_workspace_or_a_folder_fercurate_did_not_write(workspace: Workspace,
-                                                                                 tmp_path: Path) -> None:
-    """--overwrite once deleted whatever OUT was, the workspace (and the user's files) included."""
-    mine = tmp_path / "my-notes"
-    mine.mkdir()
-    (mine / "thesis.tex").write_text("years of work")
-    refused = {
-        workspace.root: "inside the workspace",
-        tmp_path: "contains or lies inside the workspace",
-        workspace.root / "images": "inside the workspace",
-        mine: "not a folder fercurate exported",
-    }
-    for output, reason in refused.items():
-        with pytest.raises(ExportError, match=reason):
-            export_dataset(workspace, output, ExportOptions(formats=["manifest"], overwrite=True))
-    assert workspace.manifest().num_rows == 44 and (mine / "thesis.tex").read_text() == "years of work"
-    result = CliRunner().invoke(app, ["export", str(workspace.root), "-w", str(workspace.root), "--overwrite"])
-    assert result.exit_code == 2 and "workspace" in result.output and workspace.manifest_path.is_file()
-
-    output = tmp_path / "export"
-    export_dataset(workspace, output, ExportOptions(formats=["manifest"]))
-    export_dataset(workspace, output, ExportOptions(formats=["fer2013-csv"], overwrite=True))  # an export: replaced
-    assert sorted(path.name for path in output.iterdir()) == [".fercurate-export", "README.md", "export.json",
-                                                              "fer2013.csv"]
-
-
-def test_exports_that_select_nothing_are_refused(workspace: Workspace, tmp_path: Path) -> None:
-    cases = {
-        "--format=": "no export format chosen",
-        "--sources=affectnet": "affectnet, which the workspace does not hold",
-        "--balance=uniform:0": "leaves no training row",
-        "--exclude-flag=dummy": None,
-    }
-    for option, message in cases.items():
-        result = CliRunner().invoke(app, ["export", str(tmp_path / "out"), "-w", str(workspace.root), option])
-        if message is None:
-            assert result.exit_code == 0, result.output
-            continue
-        assert result.exit_code == 2 and message in result.output, (option, result.output)
-        assert not (tmp_path / "out").exists()
-
-
-def test_sigkill_mid_export_leaves_no_half_export_and_the_next_export_cleans_up(workspace: Workspace,
-                                                                                 tmp_path: Path) -> None:
-    output = tmp_path / "out"
-    script = textwrap.dedent(f"""
-        import os, signal
-        import fercurate.export as export
-        from fercurate.workspace import Workspace
-        def dying(*_):
-            os.kill(os.getpid(), signal.SIGKILL)
-        export.write_fer2013_csv = dying  # dies after the manifest was written into the staging folder
-        export.export_dataset(Workspace({str(workspace.root)!r}), {str(output)!r},
-                              export.ExportOptions(formats=["manifest", "fer2013-csv"]))
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True)
-    assert result.returncode == -9, result.stderr
-    assert not output.exists()
-    leftovers = [path.name for path in tmp_path.iterdir() if path.name.startswith(".out.")]
-    assert len(leftovers) == 1 and (tmp_path / leftovers[0] / "manifest.parquet").is_file()
-    export_dataset(workspace, output, ExportOptions(formats=["manifest"]))
-    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".out.")]
-    assert (output / "manifest.parquet").is_file()

@@ -65,13 +65,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import face_pixels, pixel_string
+from conftest import face_pixels, pixel_string, write_fer2013_csv
 from fercurate_cli.main import app
 from PIL import Image
 from typer.testing import CliRunner
 
 from fercurate.audit.run import summary_json
-from fercurate.errors import OptionError
+from fercurate.errors import ExportError, OptionError
+from fercurate.export import ExportOptions, export_dataset
 from fercurate.options import BALANCE_LABELS, parse_balance, parse_device
 from fercurate.schema import CANONICAL_LABELS
 from fercurate.sources import SourceError, open_source
@@ -636,3 +637,121 @@ def test_read_only_workspace_readers_work_and_writers_are_told(read_only_workspa
         assert (out / "x" / "manifest.parquet").is_file()
     finally:
         shutil.rmtree(out)
+
+
+# ------------------------------------------------------------------------------------------
+# Writers and faults: killed and concurrent writers, and exports that must not destroy data
+
+
+@pytest.fixture
+def workspace(demo: Workspace, tmp_path: Path) -> Workspace:
+    """A writable copy of the demo workspace inside ``tmp_path`` (56 faces)."""
+    return Workspace(copy_of(demo, tmp_path))
+
+
+def csv_of(path: Path, seeds: range, usage: str = "Training") -> Path:
+    return write_fer2013_csv(path, [(str(seed % 7), pixel_string(face_pixels(seed)), usage) for seed in seeds])
+
+
+def test_sigkill_mid_ingest_leaves_workspace_readable(tmp_path: Path) -> None:
+    space = Workspace(tmp_path / "ws")
+    space.ingest(open_source("fer2013", csv_of(tmp_path / "a.csv", range(3))))
+    bigger = csv_of(tmp_path / "b.csv", range(600), usage="PrivateTest")
+    script = textwrap.dedent(f"""
+        import os, signal
+        from fercurate.sources import open_source
+        from fercurate.workspace import Workspace
+        source = open_source("fer2013", {str(bigger)!r})
+        read = type(source).__iter__
+        def dying():
+            for n, item in enumerate(read(source)):
+                if n == 400:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                yield item
+        source.__class__ = type("Dying", (type(source),), {{"__iter__": lambda self: dying()}})
+        Workspace({str(space.root)!r}).ingest(source)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert result.returncode == -9
+    assert space.manifest().num_rows == 3
+    report = space.ingest(open_source("fer2013", bigger))
+    assert space.manifest().num_rows == 603 and report.rows_added == 600
+
+
+def test_concurrent_writers_do_not_lose_rows(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    paths = [csv_of(tmp_path / f"{usage}.csv", range(start, start + 300), usage)
+             for start, usage in ((0, "Training"), (1000, "PublicTest"), (2000, "PrivateTest"))]
+    script = ("import sys\nfrom fercurate.sources import open_source\nfrom fercurate.workspace import Workspace\n"
+              "Workspace(sys.argv[1]).ingest(open_source('fer2013', sys.argv[2]))")
+    processes = [subprocess.Popen([sys.executable, "-c", script, str(root), str(path)]) for path in paths]
+    assert [process.wait(timeout=120) for process in processes] == [0, 0, 0]
+    manifest = Workspace(root).manifest()
+    assert manifest.num_rows == 900
+    assert sorted(set(manifest["source_split"].to_pylist())) == ["PrivateTest", "PublicTest", "Training"]
+    assert len(Workspace(root).history()) == 3
+
+
+def test_overwrite_never_deletes_a_workspace_or_a_folder_fercurate_did_not_write(workspace: Workspace,
+                                                                                 tmp_path: Path) -> None:
+    """--overwrite once deleted whatever OUT was, the workspace (and the user's files) included."""
+    mine = tmp_path / "my-notes"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    refused = {
+        workspace.root: "inside the workspace",
+        tmp_path: "contains or lies inside the workspace",
+        workspace.root / "images": "inside the workspace",
+        mine: "not a folder fercurate exported",
+    }
+    for output, reason in refused.items():
+        with pytest.raises(ExportError, match=reason):
+            export_dataset(workspace, output, ExportOptions(formats=["manifest"], overwrite=True))
+    assert workspace.manifest().num_rows == 56 and (mine / "thesis.tex").read_text() == "years of work"
+    result = CliRunner().invoke(app, ["export", str(workspace.root), "-w", str(workspace.root), "--overwrite"])
+    assert result.exit_code == 2 and "workspace" in result.output and workspace.manifest_path.is_file()
+
+    output = tmp_path / "export"
+    export_dataset(workspace, output, ExportOptions(formats=["manifest"]))
+    export_dataset(workspace, output, ExportOptions(formats=["fer2013-csv"], overwrite=True))  # an export: replaced
+    assert sorted(path.name for path in output.iterdir()) == [".fercurate-export", "README.md", "export.json",
+                                                              "fer2013.csv"]
+
+
+def test_exports_that_select_nothing_are_refused(workspace: Workspace, tmp_path: Path) -> None:
+    cases = {
+        "--format=": "no export format chosen",
+        "--sources=affectnet": "affectnet, which the workspace does not hold",
+        "--balance=uniform:0": "leaves no training row",
+        "--exclude-flag=dummy": None,
+    }
+    for option, message in cases.items():
+        result = CliRunner().invoke(app, ["export", str(tmp_path / "out"), "-w", str(workspace.root), option])
+        if message is None:
+            assert result.exit_code == 0, result.output
+            continue
+        assert result.exit_code == 2 and message in result.output, (option, result.output)
+        assert not (tmp_path / "out").exists()
+
+
+def test_sigkill_mid_export_leaves_no_half_export_and_the_next_export_cleans_up(workspace: Workspace,
+                                                                                 tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    script = textwrap.dedent(f"""
+        import os, signal
+        import fercurate.export as export
+        from fercurate.workspace import Workspace
+        def dying(*_):
+            os.kill(os.getpid(), signal.SIGKILL)
+        export.write_fer2013_csv = dying  # dies after the manifest was written into the staging folder
+        export.export_dataset(Workspace({str(workspace.root)!r}), {str(output)!r},
+                              export.ExportOptions(formats=["manifest", "fer2013-csv"]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert result.returncode == -9, result.stderr
+    assert not output.exists()
+    leftovers = [path.name for path in tmp_path.iterdir() if path.name.startswith(".out.")]
+    assert len(leftovers) == 1 and (tmp_path / leftovers[0] / "manifest.parquet").is_file()
+    export_dataset(workspace, output, ExportOptions(formats=["manifest"]))
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".out.")]
+    assert (output / "manifest.parquet").is_file()

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -59,45 +56,6 @@ def test_killed_commit_keeps_previous_manifest_and_rerun_completes(tmp_path: Pat
     report = space.ingest(open_source("fer2013", bigger))
     assert space.manifest().num_rows == 13
     assert report.images_written == 0  # images of the killed run were complete and are reused
-
-
-def test_sigkill_mid_ingest_leaves_workspace_readable(tmp_path: Path) -> None:
-    space = Workspace(tmp_path / "ws")
-    space.ingest(open_source("fer2013", csv_of(tmp_path / "a.csv", range(3))))
-    bigger = csv_of(tmp_path / "b.csv", range(600), usage="PrivateTest")
-    script = textwrap.dedent(f"""
-        import os, signal
-        from fercurate.sources import open_source
-        from fercurate.workspace import Workspace
-        source = open_source("fer2013", {str(bigger)!r})
-        read = type(source).__iter__
-        def dying():
-            for n, item in enumerate(read(source)):
-                if n == 400:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                yield item
-        source.__class__ = type("Dying", (type(source),), {{"__iter__": lambda self: dying()}})
-        Workspace({str(space.root)!r}).ingest(source)
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True)
-    assert result.returncode == -9
-    assert space.manifest().num_rows == 3
-    report = space.ingest(open_source("fer2013", bigger))
-    assert space.manifest().num_rows == 603 and report.rows_added == 600
-
-
-def test_concurrent_writers_do_not_lose_rows(tmp_path: Path) -> None:
-    root = tmp_path / "ws"
-    paths = [csv_of(tmp_path / f"{usage}.csv", range(start, start + 300), usage)
-             for start, usage in ((0, "Training"), (1000, "PublicTest"), (2000, "PrivateTest"))]
-    script = ("import sys\nfrom fercurate.sources import open_source\nfrom fercurate.workspace import Workspace\n"
-              "Workspace(sys.argv[1]).ingest(open_source('fer2013', sys.argv[2]))")
-    processes = [subprocess.Popen([sys.executable, "-c", script, str(root), str(path)]) for path in paths]
-    assert [process.wait(timeout=120) for process in processes] == [0, 0, 0]
-    manifest = Workspace(root).manifest()
-    assert manifest.num_rows == 900
-    assert sorted(set(manifest["source_split"].to_pylist())) == ["PrivateTest", "PublicTest", "Training"]
-    assert len(Workspace(root).history()) == 3
 
 
 def test_lock_times_out_with_a_clear_message_and_nests_within_one_thread(tmp_path: Path) -> None:
