@@ -40,11 +40,13 @@ def main() -> int:
         "subjects in more than one split": int((subjects > 1).sum()) == 0,
     }
     expected = Counter(zip(exported["split"], exported["label"]))
-    votes = {row_id: dict(pairs) for row_id, pairs in zip(rows["id"], rows["label_votes"]) if pairs is not None}
+    exported_ids = set(exported["id"])
+    votes = {row_id: dict(pairs) for row_id, pairs in zip(rows["id"], rows["label_votes"])
+             if pairs is not None and row_id in exported_ids}
     exported_votes = pd.read_parquet(export / "manifest.parquet", columns=["id", "label_votes"])
-    checks[f"manifest.parquet: the same FER+ votes per id ({len(votes)} rows with votes)"] = {
+    checks[f"manifest.parquet: the same FER+ votes per id ({len(votes)} exported rows with votes)"] = {
         row_id: dict(pairs) for row_id, pairs in zip(exported_votes["id"], exported_votes["label_votes"])
-        if pairs is not None} == {row_id: value for row_id, value in votes.items() if row_id in set(exported["id"])}
+        if pairs is not None} == votes
     if (export / "hf").exists():
         import datasets
 
@@ -57,8 +59,7 @@ def main() -> int:
         hf_votes = {row_id: {key: value for key, value in cell.items() if value is not None}
                     for name in reloaded for row_id, cell in zip(reloaded[name]["id"], reloaded[name]["label_votes"])
                     if cell is not None}
-        checks["hf load_from_disk: the same FER+ votes per id"] = hf_votes == {
-            row_id: value for row_id, value in votes.items() if row_id in set(exported["id"])}
+        checks["hf load_from_disk: the same FER+ votes per id"] = hf_votes == votes
     if (export / "parquet").exists():
         parquet = pd.concat([pd.read_parquet(path, columns=["id"]) for path in (export / "parquet").glob("*.parquet")])
         checks["parquet: same ids"] = sorted(parquet["id"]) == sorted(exported["id"])
