@@ -28,6 +28,7 @@ from typer.core import TyperGroup
 from fercurate.errors import FercurateError, OptionError
 from fercurate.options import BALANCE_HELP, DEVICES, ModelName, NoiseModel, Optimizer, Schedule, choices, validated
 from fercurate_cli.review import review_app
+from fercurate_cli.synthesize import synthesize
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -63,6 +64,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(review_app, name="review")
+app.command()(synthesize)
 console = Console()
 errors = Console(stderr=True)
 

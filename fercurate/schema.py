@@ -123,11 +123,18 @@ ROW_SCHEMA = pa.schema(
         pa.field("recipe", pa.string()),
         pa.field("seed", pa.int64()),
         pa.field("checkpoint_sha1", pa.string()),
+        pa.field("synthetic_label", pa.string()),  # the label a derived face was made for
+        pa.field("near_copy_hamming", pa.int16()),  # pHash distance to the nearest real training face
+        pa.field("near_copy_distance", pa.float32()),  # mean |pixel difference| to it, 0..255
+        pa.field("judge_probability", pa.float32()),  # the judge classifier's P(synthetic_label)
         # the curated split (assigned by export)
         pa.field("split", pa.string()),
     ]
 )
 COLUMNS: tuple[str, ...] = tuple(ROW_SCHEMA.names)
+#: Version of :data:`ROW_SCHEMA`. 2 added the synthesis columns (``synthetic_label`` and the
+#: filter's scores); manifests of version 1 load through :func:`conform_to_schema`.
+SCHEMA_VERSION = 2
 
 #: Values a source need not give: filled in when a row is built.
 ROW_DEFAULTS: dict[str, object] = {
@@ -166,6 +173,19 @@ def canonical_label(native: str, source_map: Mapping[str, str] | None = None) ->
 def image_relpath(sha1: str) -> str:
     """Workspace-relative path of a content-addressed image."""
     return f"images/{sha1[:2]}/{sha1}.png"
+
+
+def conform_to_schema(table: pa.Table) -> pa.Table:
+    """``table`` with the row schema: columns an older schema version lacked are added as nulls
+    (all added columns are nullable), so workspaces written before them still load."""
+    if table.schema == ROW_SCHEMA:
+        return table
+    missing = [field for field in ROW_SCHEMA if field.name not in table.column_names]
+    if any(not field.nullable for field in missing):
+        return table  # not an older version of this schema: validate_table says what is wrong
+    for field in missing:
+        table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(list(COLUMNS)).cast(ROW_SCHEMA)
 
 
 def validate_table(table: pa.Table) -> None:
@@ -217,6 +237,9 @@ def validate_table(table: pa.Table) -> None:
                "a synthetic row names its generator")
     fail_where(pc.and_(table["is_synthetic"], pc.is_in(table["split"], pa.array(["test"]))),
                "a synthetic row is never in a test split")
+    fail_where(pc.and_(table["is_synthetic"], pc.and_(pc.is_null(table["parent_id"]),
+                                                       pc.is_null(table["checkpoint_sha1"]))),
+               "a synthetic row has a parent or a checkpoint")
     fail_where(pc.greater(table["frame_index"], table["frame_count"]),
                "frame_index is at most frame_count")
 

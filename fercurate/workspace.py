@@ -61,6 +61,7 @@ from fercurate.schema import (
     SKIP_SCHEMA,
     SOURCE_LABEL_MAPS,
     canonical_label,
+    conform_to_schema,
     image_relpath,
     validate_table,
 )
@@ -168,7 +169,7 @@ class Workspace:
 
     def manifest(self) -> pa.Table:
         """All rows (an empty table with the row schema when nothing was ingested yet)."""
-        return _read_parquet(self.manifest_path, ROW_SCHEMA)
+        return conform_to_schema(_read_parquet(self.manifest_path, ROW_SCHEMA))
 
     def skips(self) -> pa.Table:
         """Every skip recorded by the latest run of each (source, input)."""

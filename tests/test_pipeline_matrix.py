@@ -28,7 +28,8 @@ from fercurate.audit.run import AuditOptions, audit_workspace
 from fercurate.export import FORMATS, ExportOptions, export_dataset
 from fercurate.sources import open_source
 from fercurate.sources.demo import open_demo
-from fercurate.splits import SplitOptions
+from fercurate.splits import SplitOptions, leakage_groups, leakage_violations
+from fercurate.synth import SynthesizeOptions, make_occluded_test_set, synthesize
 from fercurate.train.loop import TrainConfig
 from fercurate.train.runs import BenchmarkConfig, run_benchmark, train_on_workspace
 from fercurate.workspace import Workspace
@@ -67,6 +68,9 @@ CASES: dict[str, list[Step]] = {
     "image folder": [Step("imagefolder", "imagefolder")],
     "hub parquet": [Step("hub", "hub-parquet")],
     "demo": [Step("demo", "demo")],
+    "fer2013 csv + FER+ + synthetic and occluded-test rows": [
+        Step("fer2013", "fer2013-csv"), Step("ferplus", FERPLUS, {"label_mode": "majority"}),
+        Step("synthesize", "min:8"), Step("occluded-test", "")],
     "everything": [Step("fer2013", "fer2013-csv"), Step("ferplus", FERPLUS, {"label_mode": "majority"}),
                    Step("fer2013", "fer2013-folder"), Step("ckplus", "ckplus-original"), Step("jaffe", "jaffe"),
                    Step("imagefolder", "imagefolder"), Step("hub", "hub-parquet"), Step("demo", "demo")],
@@ -97,6 +101,13 @@ def build_workspace(root: Path, steps: list[Step], paths: dict[str, Path], relea
     """Ingest each step into a new workspace; every input must come in whole (no skips)."""
     workspace = Workspace(root)
     for step in steps:
+        if step.source == "synthesize":  # the stage after the audit's sources: new faces with provenance
+            report = synthesize(workspace, SynthesizeOptions(target=step.release, max_synthetic_share=0.9))
+            assert sum(report.added.values()) > 0, report.to_dict()
+            continue
+        if step.source == "occluded-test":
+            assert make_occluded_test_set(workspace) > 0
+            continue
         options = {**step.options, "release": release} if step.source == "ferplus" else step.options
         reader = (open_demo(paths["demo"], per_class=10) if step.source == "demo"
                   else open_source(step.source, paths[step.release], **options))
@@ -160,6 +171,9 @@ def test_every_stage_on_every_mix(case: str, release_paths: dict[str, Path], rel
         report = export_dataset(workspace, tmp_path / "out", ExportOptions(formats=list(FORMATS), split=split))
         with_votes = any(step.source == "ferplus" for step in CASES[case])
         check_reloads(workspace, tmp_path / "out", len(report.rows), with_votes)
+        rows = report.rows
+        assert not leakage_violations(rows, rows["split"].to_numpy(), leakage_groups(rows)).size
+        assert not (rows["is_synthetic"] & (rows["split"] == "test")).any()
     finally:
         fo.delete_dataset(dataset.name)
 

@@ -1,0 +1,163 @@
+"""``fercurate synthesize``: plan a rebalance and fill it with occluded augmentations, remove synthetic
+rows, or write the occluded test set. Registered in :mod:`fercurate_cli.main` with
+``app.command()(synthesize)``; errors follow main's single path (commands catch nothing).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fercurate.errors import OptionError
+from fercurate.options import validated
+
+if TYPE_CHECKING:
+    from fercurate.synth.plan import RebalancePlan
+    from fercurate.synth.run import Progress, SynthesizeReport
+
+console = Console()
+errors = Console(stderr=True)
+
+#: The registered occluders (fercurate.synth.occluders.OCCLUDERS), as text so that ``--help`` need not
+#: import albumentations; tests/test_synthesize.py checks that it names exactly the registered ones.
+OCCLUDER_NAMES = ("sunglasses", "eyebar", "mask", "hand", "cap", "scarf")
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
+def synthesize(
+    workspace: Annotated[Optional[Path], typer.Option(
+        "--workspace", "-w", help="Workspace folder [default: $FERCURATE_WORKSPACE or ./fercurate-workspace]")] = None,
+    target: Annotated[str, typer.Option(
+        help="uniform, uniform:N, min:N, cap:N or label=share,... (of the training split).")] = "uniform",
+    method: Annotated[list[str], typer.Option(help="Synthesis method (repeatable): augment.")] = ["augment"],  # noqa: B006
+    occluders: Annotated[Optional[str], typer.Option(
+        help=f"Comma-separated occluders for training faces, of {', '.join(OCCLUDER_NAMES)} "
+             "[default: sunglasses,mask,hand,cap].")] = None,
+    max_synthetic_share: Annotated[float, typer.Option(help="Most synthetic faces in a class, 0..1.")] = 0.5,
+    judge: Annotated[Optional[Path], typer.Option(help="best.pt of `fercurate train`: keep faces it recognises.")] = None,
+    min_judge_probability: Annotated[float, typer.Option(help="Judge's probability of the label to keep a face.")] = 0.2,
+    max_hamming: Annotated[int, typer.Option(help="pHash bits within which a face may be a near copy.")] = 4,
+    min_pixel_distance: Annotated[float, typer.Option(help="Mean |pixel difference| under which it is one.")] = 3.0,
+    strategy: Annotated[str, typer.Option(help="Split strategy, as export's: official or grouped.")] = "official",
+    seed: Annotated[int, typer.Option(help="Seed of the faces (and of the split).")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print the plan.")] = False,
+    remove: Annotated[bool, typer.Option("--remove", help="Remove synthetic rows instead.")] = False,
+    generator: Annotated[Optional[str], typer.Option(
+        help="With --remove: only this generator or family (augment, augment:occlusion-mask, occluded-test).")] = None,
+    occluded_test: Annotated[bool, typer.Option(
+        "--occluded-test", help="Write an occluded copy of the test split (flag occluded-test) instead.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Rebalance the training split with synthetic faces (occlusion augmentations), with provenance."""
+    from fercurate.splits import SplitOptions
+    from fercurate.synth.run import SynthesizeOptions, make_occluded_test_set, remove_synthetic, synthesize as run
+    from fercurate.workspace import Workspace
+
+    space = Workspace(workspace)
+    split = validated(SplitOptions, "split option", strategy=strategy, seed=seed)
+    if remove:
+        removed = remove_synthetic(space, generator)
+        _print(as_json, {"removed": removed, "generator": generator},
+               f"removed {removed} {'synthetic rows' if generator is None else f'rows of {generator}'}")
+        return
+    if generator is not None:
+        raise OptionError("--generator only applies with --remove", "add --remove, or leave out --generator")
+    if occluded_test:
+        names = _names(occluders)
+        with _ProgressBar(as_json) as progress:
+            added = make_occluded_test_set(space, seed=seed, split=split, progress=progress,
+                                           **({"occluders": names} if names else {}))
+        _print(as_json, {"occluded_test_rows_added": added}, f"added {added} occluded test rows (flag occluded-test)")
+        return
+    names = _names(occluders)
+    options = validated(SynthesizeOptions, "synthesize option", target=target, methods=tuple(method),
+                        max_synthetic_share=max_synthetic_share, seed=seed, split=split, dry_run=dry_run,
+                        filter={"judge": judge, "min_judge_probability": min_judge_probability,
+                                "max_hamming": max_hamming, "min_pixel_distance": min_pixel_distance},
+                        **({"occluders": tuple(names)} if names else {}))
+    with _ProgressBar(as_json) as progress:
+        report = run(space, options, progress=progress)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    _render(report)
+
+
+def _print(as_json: bool, payload: dict[str, object], text: str) -> None:
+    if as_json:
+        print(json.dumps(payload))
+    else:
+        console.print(text)
+
+
+class _ProgressBar:
+    """A rich progress bar fed by the library's ``(stage, done, total)`` callback (none with --json)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tasks: dict[str, object] = {}
+
+    def __enter__(self) -> Progress | None:
+        if self.quiet:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=errors, transient=True)
+        self.bar.__enter__()
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in self.tasks:
+                self.tasks[stage] = self.bar.add_task(stage, total=total)
+            self.bar.advance(self.tasks[stage], done)
+        return update
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.quiet:
+            self.bar.__exit__(*exc)
+
+
+def plan_table(plan: RebalancePlan) -> Table:
+    """The plan as a table: class, real, dropped, target, new per method, synthetic share."""
+    table = Table(title=f"rebalance plan: --target {plan.target} (training split)", title_justify="left")
+    for column in ("label", "real", "dropped", "target", *(f"new ({m})" for m in plan.methods), "synthetic share"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for row in plan.classes:
+        table.add_row(row.label, str(row.real), str(row.dropped), str(row.target),
+                      *(str(row.new.get(m, 0)) for m in plan.methods), f"{row.synthetic_share:.0%}")
+    table.add_row("total", str(sum(r.real for r in plan.classes)), str(len(plan.drop_ids)),
+                  str(sum(r.target for r in plan.classes)), *(str(sum(plan.new_per_class(m).values()))
+                                                               for m in plan.methods), "", style="bold")
+    return table
+
+
+def _render(report: SynthesizeReport) -> None:
+    console.print(plan_table(report.plan))
+    if report.plan.drop_ids:
+        console.print(f"{len(report.plan.drop_ids)} real training rows are above the target: subsample them at export "
+                      f"(`fercurate export --balance {report.plan.target}` where export knows the target)")
+    if report.dry_run:
+        console.print("dry run: nothing written")
+        return
+    if report.rejected:
+        rejected = Table(title="rejected by the filter", title_justify="left")
+        rejected.add_column("reason")
+        rejected.add_column("faces", justify="right")
+        for reason, count in report.rejected.most_common():
+            rejected.add_row(reason, str(count))
+        console.print(rejected)
+    added = sum(report.added.values())
+    console.print(f"added [bold]{added}[/] synthetic rows, {report.already_present} already present, "
+                  f"in {report.seconds:.1f} s; placement: "
+                  + (", ".join(f"{k} {v}" for k, v in report.placements.items()) or "-"))
+    if report.short:
+        console.print("[yellow]short of the target after retries:[/] "
+                      + ", ".join(f"{label} {count}" for label, count in report.short.items()))

@@ -1,0 +1,168 @@
+"""The rebalance plan: how many new faces each class of the training split needs, by which method.
+
+The training split is the one ``fercurate export`` would write with the same :class:`SplitOptions`
+(``plan_export``'s rows whose split is ``train``), counting real rows only: synthetic rows already in
+the workspace never count towards the real base. Invariants of a plan, per class:
+``kept = real - dropped``, ``target = kept + sum(new)``, and ``sum(new) / target <= max_synthetic_share``.
+
+Targets: ``uniform`` (every class as large as the largest), ``uniform:N`` (every class exactly N:
+larger ones subsampled), ``min:N`` (every class at least N, larger ones kept whole), ``cap:N`` (every
+class as large as the largest but at most N: larger ones subsampled), ``label=share,...`` (these
+proportions among the named classes, no named class subsampled; unnamed classes unchanged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from fercurate.errors import OptionError
+from fercurate.schema import CANONICAL_LABELS
+from fercurate.splits import SplitOptions
+from fercurate.workspace import Workspace
+
+Method = Literal["augment"]
+TARGET_HELP = "uniform, uniform:N, min:N, cap:N or label=share,... (e.g. disgust=1,happiness=1)"
+
+
+@dataclass
+class ClassPlan:
+    """One class of the plan."""
+
+    label: str
+    real: int
+    target: int
+    new: dict[str, int]
+    dropped: int
+
+    @property
+    def synthetic_share(self) -> float:
+        return sum(self.new.values()) / self.target if self.target else 0.0
+
+
+@dataclass
+class RebalancePlan:
+    """New faces per class and method; ``drop_ids`` are real training rows an export should
+    subsample away to meet the target; ``train`` holds the real training rows (id, label, ...)."""
+
+    target: str
+    methods: tuple[str, ...]
+    max_synthetic_share: float
+    classes: list[ClassPlan]
+    drop_ids: list[str] = field(default_factory=list)
+    train: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+
+    @property
+    def total_new(self) -> int:
+        return sum(sum(row.new.values()) for row in self.classes)
+
+    def new_per_class(self, method: str) -> dict[str, int]:
+        return {row.label: row.new.get(method, 0) for row in self.classes}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "methods": list(self.methods), "max_synthetic_share": self.max_synthetic_share,
+                "total_new": self.total_new, "dropped": len(self.drop_ids),
+                "classes": [{"label": row.label, "real": row.real, "dropped": row.dropped, "target": row.target,
+                             "new": row.new, "synthetic_share": round(row.synthetic_share, 4)}
+                            for row in self.classes]}
+
+
+def parse_target(target: str) -> tuple[str, int | dict[str, float] | None]:
+    """``(kind, argument)`` of a target string, or an :class:`OptionError` naming the forms."""
+    text = target.strip()
+    if text == "uniform":
+        return "uniform", None
+    if "=" in text:
+        shares: dict[str, float] = {}
+        for part in text.split(","):
+            label, _, value = part.partition("=")
+            label = label.strip()
+            if label not in CANONICAL_LABELS:
+                raise OptionError(f"--target names {label!r}, which is not an emotion", f"use {', '.join(CANONICAL_LABELS)}")
+            try:
+                shares[label] = float(value)
+            except ValueError:
+                raise OptionError(f"--target share {value!r} of {label} is not a number", f"use {TARGET_HELP}") from None
+        if any(v < 0 for v in shares.values()) or sum(shares.values()) <= 0:
+            raise OptionError("--target shares must be non-negative and not all zero", f"use {TARGET_HELP}")
+        return "shares", shares
+    kind, _, number = text.partition(":")
+    if kind in ("uniform", "min", "cap") and number.strip().isdigit() and int(number) > 0:
+        return kind, int(number)
+    raise OptionError(f"unknown --target {target!r}", f"use {TARGET_HELP}")
+
+
+def class_targets(real: pd.Series, target: str) -> pd.Series:
+    """Target count per class (index: labels with training rows)."""
+    kind, argument = parse_target(target)
+    if kind == "uniform":
+        return pd.Series(int(real.max()) if argument is None else argument, index=real.index)
+    if kind == "min":
+        return real.clip(lower=argument)
+    if kind == "cap":
+        return pd.Series(min(int(real.max()), argument), index=real.index)
+    shares = pd.Series(argument, dtype=float)
+    unknown = sorted(set(shares.index) - set(real.index))
+    if unknown:
+        raise OptionError(f"--target names classes with no training rows: {unknown}", f"name some of {sorted(real.index)}")
+    named = shares[shares > 0]
+    total = (real.reindex(named.index) / (named / named.sum())).max()  # no named class subsampled
+    targets = real.copy()
+    targets[named.index] = np.maximum(real[named.index], np.round(named / named.sum() * total)).astype(int)
+    return targets
+
+
+def plan_from_counts(train: pd.DataFrame, *, target: str, methods: tuple[str, ...] = ("augment",),
+                     max_synthetic_share: float = 0.5, seed: int = 0) -> RebalancePlan:
+    """The plan for real training rows ``train`` (columns ``id``, ``label``)."""
+    if not 0 <= max_synthetic_share < 1:
+        raise OptionError(f"--max-synthetic-share {max_synthetic_share} is outside [0, 1)", "give e.g. 0.5")
+    if not methods:
+        raise OptionError("no synthesis method given", "give --method augment")
+    if train.empty:
+        raise OptionError("the workspace has no real training rows to rebalance", "ingest a dataset first")
+    real = train["label"].value_counts().reindex([c for c in CANONICAL_LABELS if c in set(train["label"])])
+    targets = class_targets(real, target)
+    kept = np.minimum(real, targets)
+    new = targets - kept
+    reachable = np.floor(kept / (1 - max_synthetic_share) + 1e-9).astype(int)
+    short = targets > reachable
+    if short.any():
+        kind, _ = parse_target(target)
+        worst = ", ".join(f"{label} ({int(real[label])} real -> at most {int(reachable[label])})" for label in real.index[short])
+        best = f"uniform:{int(reachable.min())}" if kind != "shares" else "smaller shares for those classes"
+        raise OptionError(f"--target {target} cannot be met with at most {max_synthetic_share:.0%} synthetic faces "
+                          f"per class: {worst}",
+                          f"the largest reachable uniform target is {best}; or raise --max-synthetic-share")
+    rng = np.random.default_rng(seed)
+    drop_ids: list[str] = []
+    for label in real.index[real > targets]:
+        ids = np.sort(train.loc[train["label"] == label, "id"].to_numpy())
+        drop_ids += sorted(rng.choice(ids, size=int(real[label] - targets[label]), replace=False).tolist())
+    classes = []
+    for label in real.index:
+        shares = np.full(len(methods), int(new[label]) // len(methods))
+        shares[: int(new[label]) % len(methods)] += 1
+        classes.append(ClassPlan(label, int(real[label]), int(targets[label]),
+                                 dict(zip(methods, map(int, shares))), int(real[label] - kept[label])))
+    return RebalancePlan(target, tuple(methods), max_synthetic_share, classes, drop_ids,
+                         train.reset_index(drop=True))
+
+
+def training_rows(workspace: Workspace, split: SplitOptions | None = None) -> pd.DataFrame:
+    """The real rows export would put in the training split (all plan columns)."""
+    from fercurate.export import ExportOptions, plan_export
+
+    rows, _, _, _ = plan_export(workspace, ExportOptions(split=split or SplitOptions()))
+    return rows[(rows["split"] == "train") & ~rows["is_synthetic"].astype(bool)].reset_index(drop=True)
+
+
+def plan_rebalance(workspace: Workspace, *, target: str, methods: tuple[str, ...] = ("augment",),
+                   max_synthetic_share: float = 0.5, split: SplitOptions | None = None) -> RebalancePlan:
+    """The rebalance plan for the workspace's training split (as ``fercurate export`` splits it)."""
+    split = split or SplitOptions()
+    return plan_from_counts(training_rows(workspace, split), target=target, methods=methods,
+                            max_synthetic_share=max_synthetic_share, seed=split.seed)

@@ -1,0 +1,41 @@
+"""Derived rows: storing a derived face's image and building its workspace row from its parent's.
+
+A derived row inherits who the face is (subject, demographics, label) from its parent and gets its
+own identity (a deterministic id), image (content-addressed, written atomically like ingest's), and
+provenance (generator, parent_id, seed, recipe, filter scores). Landmarks, quality measures and
+review flags are not inherited: they described the parent's pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from fercurate.schema import image_relpath
+from fercurate.workspace import Workspace, _atomic_write_png, pixel_sha1
+
+#: Columns a derived row takes from its parent.
+INHERITED = ("label", "native_label", "label_source", "subject_id", "gender", "gender_source", "age_group",
+             "age_group_source", "ethnicity", "ethnicity_source")
+
+
+def store_image(workspace: Workspace, pixels: np.ndarray) -> dict[str, Any]:
+    """Write ``pixels`` content-addressed into the workspace (once) and return the image columns."""
+    sha1 = pixel_sha1(pixels)
+    relpath = image_relpath(sha1)
+    target = os.path.join(str(workspace.root), relpath)
+    if not os.path.exists(target):
+        _atomic_write_png(pixels, target)
+    height, width = pixels.shape[:2]
+    return {"filepath": relpath, "sha1": sha1, "width": width, "height": height,
+            "channels": 1 if pixels.ndim == 2 else pixels.shape[2]}
+
+
+def derived_row(parent: dict[str, Any], image: dict[str, Any], **provenance: Any) -> dict[str, Any]:
+    """A row for a face derived from ``parent`` (a manifest row as a dict); ``provenance`` sets
+    ``id``, ``source``, ``is_synthetic``, ``generator``, ``seed``, ``recipe``, the scores, ...
+    Every other column is null."""
+    return {**{column: parent[column] for column in INHERITED}, **image, "origin": f"derived:{parent['id']}",
+            "parent_id": parent["id"], "synthetic_label": parent["label"], **provenance}

@@ -1,0 +1,289 @@
+"""``synthesize``: fill the rebalance plan's deficits with filtered, occluded augmentations and commit
+them as synthetic rows; ``remove_synthetic`` takes them out again; ``make_occluded_test_set`` writes
+the occluded copy of the test split.
+
+Invariants:
+
+- Deterministic: a face's id is ``synthetic/augment/<parent id>/<occluder>-<seed>`` and its pixels depend
+  only on the parent, the options and that seed (:func:`~fercurate.synth.augment.face_seed`). Ids
+  already in the workspace are not made again, so re-running with the same options adds nothing.
+- Parents are real training rows (as export splits them); a synthetic row carries ``parent_id``,
+  so ``leakage_groups`` puts it in its parent's group and it can only ever train.
+- A face that fails the filter is not committed; it is counted under its reason and the class tries
+  the next variants (up to ``retries`` rounds) to still reach its target.
+- Everything is committed in one ``write_manifest`` under the workspace's exclusive lock; images
+  are written first (content-addressed, atomic), so a killed run leaves the old manifest intact.
+- Removal deletes rows only (images are content-addressed and may be shared); removing all that a
+  run added restores the manifest exactly.
+
+Occluded test rows (``make_occluded_test_set``) are *not* synthetic training data: they are real
+test faces with an occluder drawn on, made to measure robustness. They keep ``is_synthetic`` False
+(synthetic rows may never be in a test split), have source ``synthetic`` (so no re-ingest of the
+parent's source touches them), their parent's ``source_split``, the ``occluded-test`` flag, a generator
+``occluded-test:occlusion-<name>`` and ``parent_id``: export's leakage groups put them with their parent
+in the test split; export ``--exclude-flag occluded-test`` leaves them out of a clean test set. They use
+occluder types and a seed namespace disjoint from training's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field, field_validator
+
+from fercurate.errors import OptionError
+from fercurate.schema import ROW_SCHEMA
+from fercurate.splits import SplitOptions
+from fercurate.synth.augment import Strength, augment_faces, face_seed
+from fercurate.synth.filter import FilterOptions, phashes, score, thumbnails
+from fercurate.synth.occluders import OCCLUDERS
+from fercurate.synth.plan import Method, RebalancePlan, parse_target, plan_from_counts, training_rows
+from fercurate.synth.rows import derived_row, store_image
+from fercurate.workspace import Workspace
+
+OCCLUDED_TEST_FLAG = "occluded-test"
+#: Occluders used for training faces by default; the rest are kept for the occluded test set.
+TRAIN_OCCLUDERS = ("sunglasses", "mask", "hand", "cap")
+TEST_OCCLUDERS = ("eyebar", "scarf")
+
+Progress = Callable[[str, int, int], None]  # (stage, done since last call, stage total)
+
+
+def _known_occluders(value: Sequence[str]) -> tuple[str, ...]:
+    unknown = sorted(set(value) - set(OCCLUDERS))
+    if unknown or not value:
+        raise ValueError(f"unknown occluder(s) {unknown}: choose from {', '.join(OCCLUDERS)}")
+    return tuple(dict.fromkeys(value))
+
+
+class SynthesizeOptions(BaseModel):
+    """What ``synthesize`` makes."""
+
+    target: str = "uniform"
+    methods: tuple[Method, ...] = ("augment",)
+    occluders: tuple[str, ...] = TRAIN_OCCLUDERS
+    max_synthetic_share: float = Field(0.5, ge=0, lt=1)
+    strength: Strength = "default"
+    seed: int = Field(0, ge=0)
+    retries: int = Field(3, ge=0, le=10, description="extra rounds for faces the filter rejected")
+    split: SplitOptions = SplitOptions()
+    filter: FilterOptions = FilterOptions()
+    dry_run: bool = False
+
+    @field_validator("occluders")
+    @classmethod
+    def _registered(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _known_occluders(value)
+
+    @field_validator("target")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        parse_target(value)
+        return value
+
+
+@dataclass
+class SynthesizeReport:
+    """What a run planned, made, rejected and added."""
+
+    plan: RebalancePlan
+    added: Counter[str] = field(default_factory=Counter)  # per label
+    already_present: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # per reason
+    short: dict[str, int] = field(default_factory=dict)  # per label: still missing after retries
+    placements: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict(), "added": dict(self.added), "added_total": sum(self.added.values()),
+                "already_present": self.already_present, "rejected": dict(self.rejected), "short": self.short,
+                "placements": dict(self.placements), "seconds": round(self.seconds, 2), "dry_run": self.dry_run}
+
+
+def _read_image(workspace: Workspace, filepath: str) -> np.ndarray:
+    pixels = cv2.imread(str(workspace.image_path(filepath)), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise OptionError(f"the image {filepath} of the workspace is missing or unreadable",
+                          "re-run `fercurate ingest` for its source (it restores missing images)")
+    return pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+
+
+def _landmarks(manifest: pa.Table, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    wanted = manifest.filter(pc.and_(pc.is_in(manifest["id"], pa.array(list(ids), pa.string())),
+                                     pc.is_valid(manifest["landmarks"]))).select(["id", "landmarks"])
+    return {row["id"]: np.asarray(row["landmarks"], np.float32) for row in wanted.to_pylist()}
+
+
+def _derive(workspace: Workspace, manifest: pa.Table, parents: pd.DataFrame, jobs: pd.DataFrame, *,
+            namespace: str, strength: Strength, progress: Progress | None) -> tuple[list[np.ndarray], list[str]]:
+    """The faces of ``jobs`` (columns ``parent``: row of ``parents``, ``occluder``, ``seed``)."""
+    paths, ids = parents["filepath"].to_numpy(), parents["id"].to_numpy()
+    images = {i: _read_image(workspace, paths[i]) for i in np.unique(jobs["parent"])}
+    points = _landmarks(manifest, ids[np.unique(jobs["parent"])].tolist())
+    return augment_faces([images[i] for i in jobs["parent"]], jobs["occluder"].tolist(), jobs["seed"].tolist(),
+                         landmarks=[points.get(ids[i]) for i in jobs["parent"]], strength=strength,
+                         progress=(lambda n: progress(namespace, n, len(jobs))) if progress else None)
+
+
+def _jobs(parents: pd.DataFrame, label: str, start: int, count: int, occluders: Sequence[str], seed: int,
+          namespace: str) -> pd.DataFrame:
+    """Variants ``start .. start+count-1`` of a class: parents in a seeded order, cycling, each
+    cycle with the next occluder."""
+    members = np.flatnonzero(parents["label"].to_numpy() == label)
+    members = members[np.argsort(parents["id"].to_numpy()[members])]
+    order = members[np.random.default_rng([seed, len(members)]).permutation(len(members))]
+    variant = np.arange(start, start + count)
+    parent = order[variant % len(order)]
+    occluder = np.asarray(occluders)[(variant // len(order) + variant) % len(occluders)].tolist()
+    parent_ids = parents["id"].to_numpy()[parent].tolist()
+    seeds = [face_seed(seed, namespace, p, v) for p, v in zip(parent_ids, variant.tolist())]
+    ids = [f"synthetic/{namespace}/{p}/{o}-{s}" for p, o, s in zip(parent_ids, occluder, seeds)]
+    return pd.DataFrame({"id": ids, "parent": parent, "parent_id": parent_ids, "occluder": occluder, "seed": seeds,
+                         "label": label})
+
+
+def synthesize(workspace: Workspace, options: SynthesizeOptions | None = None, *,
+               progress: Progress | None = None) -> SynthesizeReport:
+    """Rebalance the workspace's training split to ``options.target`` with augmented faces.
+    With ``dry_run`` only the plan is computed."""
+    options = options or SynthesizeOptions()
+    started = time.perf_counter()
+    workspace.require()
+    with workspace.lock():
+        train = training_rows(workspace, options.split)
+        plan = plan_from_counts(train, target=options.target, methods=options.methods,
+                                max_synthetic_share=options.max_synthetic_share, seed=options.split.seed)
+        report = SynthesizeReport(plan, dry_run=options.dry_run)
+        if options.dry_run or plan.total_new == 0:
+            report.seconds = time.perf_counter() - started
+            return report
+        manifest = workspace.manifest()
+        present = set(manifest["id"].to_pylist())
+        parent_rows = manifest.filter(pc.is_in(manifest["id"], pa.array(train["id"].tolist(), pa.string())))
+        parent_by_id = {row["id"]: row for row in parent_rows.to_pylist()}
+        rows: list[dict[str, Any]] = []
+        real = real_hashes = None
+        for entry in plan.classes:
+            wanted, start = entry.new.get("augment", 0), 0
+            for _ in range(options.retries + 1):
+                if wanted <= 0:
+                    break
+                jobs = _jobs(train, entry.label, start, wanted, options.occluders, options.seed, "augment")
+                start += wanted
+                existing = np.array([job_id in present for job_id in jobs["id"]], bool)
+                report.already_present += int(existing.sum())
+                wanted -= int(existing.sum())
+                jobs = jobs[~existing].reset_index(drop=True)
+                if jobs.empty:
+                    continue
+                faces, placements = _derive(workspace, manifest, train, jobs, namespace="augment",
+                                            strength=options.strength, progress=progress)
+                if real_hashes is None:  # read once, and only when something is to be filtered
+                    real = thumbnails([_read_image(workspace, path) for path in train["filepath"]])
+                    real_hashes = phashes(real)
+                scores = score(thumbnails(faces), real, jobs["parent"].to_numpy(), jobs["label"].to_numpy(),
+                               options.filter, real_hashes)
+                report.rejected.update(reason for reason in scores.reason if reason is not None)
+                records = jobs.to_dict("records")
+                kept = np.flatnonzero(np.equal(scores.reason, None))
+                with ThreadPoolExecutor(2) as pool:  # PNG encoding and file writes release the GIL
+                    images = list(pool.map(lambda i: store_image(workspace, faces[i]), kept))
+                for i, image in zip(kept, images):
+                    job = records[i]
+                    parent = parent_by_id[job["parent_id"]]
+                    recipe = {"method": "augment", "occluder": job["occluder"], "strength": options.strength,
+                              "placement": placements[i], "target": options.target, "seed": options.seed}
+                    rows.append(derived_row(
+                        parent, image, id=job["id"], source="synthetic",
+                        is_synthetic=True, generator=f"augment:occlusion-{job['occluder']}", seed=int(job["seed"]),
+                        recipe=json.dumps(recipe, sort_keys=True), near_copy_hamming=int(scores.hamming[i]),
+                        near_copy_distance=float(scores.pixel_distance[i]),
+                        judge_probability=None if np.isnan(scores.judge_probability[i])
+                        else float(scores.judge_probability[i])))
+                    report.added[entry.label] += 1
+                    report.placements[placements[i]] += 1
+                wanted -= int(np.equal(scores.reason, None).sum())
+            if wanted > 0:
+                report.short[entry.label] = wanted
+        if rows:
+            workspace.write_manifest(pa.concat_tables([manifest, pa.Table.from_pylist(rows, schema=ROW_SCHEMA)]))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _generator_matches(generators: pa.ChunkedArray, generator: str) -> pa.ChunkedArray:
+    """Rows whose generator is ``generator`` or one of its family (``augment`` matches ``augment:...``)."""
+    return pc.or_(pc.equal(generators, generator), pc.starts_with(generators, f"{generator}:"))
+
+
+def remove_synthetic(workspace: Workspace, generator: str | None = None) -> int:
+    """Remove synthetic rows (of ``generator`` or its family when given; ``occluded-test`` removes the
+    occluded test rows) and return how many were removed."""
+    workspace.require()
+    with workspace.lock():
+        manifest = workspace.manifest()
+        derived = pc.equal(manifest["source"], "synthetic")
+        if generator is None:
+            chosen = pc.and_(derived, manifest["is_synthetic"])
+        else:
+            chosen = pc.and_(derived, pc.fill_null(_generator_matches(manifest["generator"], generator), False))
+        count = pc.sum(chosen).as_py() or 0
+        if count:
+            workspace.write_manifest(manifest.filter(pc.invert(chosen)))
+    return count
+
+
+def make_occluded_test_set(workspace: Workspace, *, occluders: Sequence[str] = TEST_OCCLUDERS, seed: int = 0,
+                           split: SplitOptions | None = None, strength: Strength = "light",
+                           progress: Progress | None = None) -> int:
+    """Add one occluded copy of every real test row (see the module docstring); returns how many
+    rows were added (0 when they are all present already)."""
+    from fercurate.export import ExportOptions, plan_export
+
+    occluders = _known_occluders(occluders)
+    workspace.require()
+    with workspace.lock():
+        manifest = workspace.manifest()
+        synthetic = manifest.filter(pc.fill_null(manifest["is_synthetic"], False))
+        trained = {g.split("occlusion-", 1)[-1] for g in synthetic["generator"].to_pylist() if "occlusion-" in g}
+        overlap = sorted(trained & set(occluders))
+        if overlap:
+            raise OptionError(f"the occluded test set would use {', '.join(overlap)}, which training faces use too",
+                              f"choose occluders not used for training, e.g. {', '.join(sorted(set(OCCLUDERS) - trained))}")
+        rows_plan, _, _, _ = plan_export(workspace, ExportOptions(split=split or SplitOptions()))
+        test = rows_plan[(rows_plan["split"] == "test") & (rows_plan["source"] != "synthetic")].reset_index(drop=True)
+        if test.empty:
+            raise OptionError(f"{workspace.root} has no test split to copy", "ingest a dataset with a test split")
+        jobs = pd.concat([_jobs(test, label, 0, int((test["label"] == label).sum()), occluders, seed, OCCLUDED_TEST_FLAG)
+                          for label in test["label"].unique()], ignore_index=True)
+        present = set(manifest["id"].to_pylist())
+        jobs = jobs[[job_id not in present for job_id in jobs["id"]]].reset_index(drop=True)
+        if jobs.empty:
+            return 0
+        faces, placements = _derive(workspace, manifest, test, jobs, namespace=OCCLUDED_TEST_FLAG, strength=strength,
+                                    progress=progress)
+        parent_by_id = {row["id"]: row for row in
+                        manifest.filter(pc.is_in(manifest["id"], pa.array(test["id"].tolist()))).to_pylist()}
+        rows = []
+        for i, job in enumerate(jobs.to_dict("records")):
+            parent = parent_by_id[job["parent_id"]]
+            recipe = {"method": OCCLUDED_TEST_FLAG, "occluder": job["occluder"], "strength": strength,
+                      "placement": placements[i], "seed": seed}
+            rows.append(derived_row(parent, store_image(workspace, faces[i]), id=job["id"], source="synthetic",
+                                    source_split=parent["source_split"], is_synthetic=False,
+                                    flags=[OCCLUDED_TEST_FLAG], generator=f"{OCCLUDED_TEST_FLAG}:occlusion-{job['occluder']}",
+                                    seed=int(job["seed"]), recipe=json.dumps(recipe, sort_keys=True)))
+        workspace.write_manifest(pa.concat_tables([manifest, pa.Table.from_pylist(rows, schema=ROW_SCHEMA)]))
+    return len(rows)
