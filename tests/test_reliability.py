@@ -755,3 +755,24 @@ def test_sigkill_mid_export_leaves_no_half_export_and_the_next_export_cleans_up(
     export_dataset(workspace, output, ExportOptions(formats=["manifest"]))
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".out.")]
     assert (output / "manifest.parquet").is_file()
+
+
+def test_sigkill_mid_synthesize_keeps_the_manifest_and_a_rerun_completes(workspace: Workspace) -> None:
+    before = workspace.manifest()
+    script = textwrap.dedent(f"""
+        import os, signal
+        import fercurate.workspace as workspace_module
+        from fercurate.synth import SynthesizeOptions, synthesize
+        from fercurate.workspace import Workspace
+        def dying(*_):
+            os.kill(os.getpid(), signal.SIGKILL)  # every new image is on disk; the manifest is next
+        workspace_module.Workspace.write_manifest = dying
+        synthesize(Workspace({str(workspace.root)!r}), SynthesizeOptions(target="min:10", max_synthetic_share=0.5))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert result.returncode == -9, result.stderr
+    assert workspace.manifest().equals(before)
+    from fercurate.synth import SynthesizeOptions, synthesize
+
+    report = synthesize(workspace, SynthesizeOptions(target="min:10", max_synthetic_share=0.5))
+    assert sum(report.added.values()) == workspace.manifest().num_rows - before.num_rows > 0
