@@ -114,10 +114,16 @@ def _per_split(rows: pd.DataFrame) -> dict[str, dict[str, int]]:
             for split, counts in table.iterrows()}
 
 
-def plan_export(workspace: Workspace, options: ExportOptions) -> tuple[pd.DataFrame, dict[str, Any],
-                                                                        dict[str, Any] | None, dict[str, int]]:
-    """The rows to export with their split (and fold), and reports of the split and the balance."""
-    manifest = apply_reviews(workspace.manifest(), read_reviews(workspace))
+def reviewed_manifest(workspace: Workspace) -> pa.Table:
+    """The workspace's rows as every decision reads them: with the review log applied."""
+    return apply_reviews(workspace.manifest(), read_reviews(workspace))
+
+
+def plan_export(workspace: Workspace, options: ExportOptions, manifest: pa.Table | None = None
+                ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any] | None, dict[str, int]]:
+    """The rows to export with their split (and fold), and reports of the split and the balance.
+    ``manifest`` is :func:`reviewed_manifest` when the caller has read it already."""
+    manifest = reviewed_manifest(workspace) if manifest is None else manifest
     if manifest.num_rows == 0:
         raise ExportError(f"{workspace.root} holds no rows: run `fercurate ingest` first")
     rows = manifest.drop_columns(_NESTED_COLUMNS).to_pandas()
@@ -188,12 +194,13 @@ def export_dataset(workspace: Workspace, output: str | Path, options: ExportOpti
     check_output_folder(workspace, output, options.overwrite)
     # A reader's lock (works on a read-only workspace) unless the FiftyOne format updates the mirror.
     with workspace.lock(shared="fiftyone" not in options.formats):
-        rows, split_report, balance_report, excluded = plan_export(workspace, options)
+        manifest = reviewed_manifest(workspace)
+        rows, split_report, balance_report, excluded = plan_export(workspace, options, manifest)
         missing = workspace.missing_images(rows["filepath"])
         if missing:
             raise ExportError(f"{len(missing)} image(s) of the exported rows are missing from {workspace.root} "
                               f"(first: {missing[0]})", "re-run `fercurate ingest` of their source to restore them")
-        table = exported_table(apply_reviews(workspace.manifest(), read_reviews(workspace)), rows)
+        table = exported_table(manifest, rows)
         report = ExportReport(output, rows, split_report, balance_report, excluded, table)
         output.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_staging(output)

@@ -283,6 +283,26 @@ CASES = [
 ]
 
 
+def ingest_killed_after(space: Workspace, source: str, path: Path, *, items: int) -> subprocess.CompletedProcess[bytes]:
+    """Ingest ``path`` into ``space`` in another process that kills itself with SIGKILL after reading
+    ``items`` items: a crash in the middle of an ingest."""
+    script = textwrap.dedent(f"""
+        import os, signal
+        from fercurate.sources import open_source
+        from fercurate.workspace import Workspace
+        source = open_source({source!r}, {str(path)!r})
+        read = type(source).__iter__
+        def dying():
+            for n, item in enumerate(read(source)):
+                if n == {items}:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                yield item
+        source.__class__ = type("Dying", (type(source),), {{"__iter__": lambda self: dying()}})
+        Workspace({str(space.root)!r}).ingest(source)
+    """)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_bad_input(tmp_path: Path, case: Case) -> None:
     """Each damaged input gives its rows and counted skips, or one clear SourceError."""
@@ -332,22 +352,7 @@ def test_sigkill_during_archive_ingest_loses_nothing(tmp_path: Path) -> None:
     committed = space.manifest().num_rows
     (tmp_path / "b").mkdir()
     other = tar_members(*((f"sad/{n}.png", png(1000 + n)) for n in range(300)))(tmp_path / "b")
-    archive = tmp_path / "b" / "faces.tar.gz"
-    script = textwrap.dedent(f"""
-        import os, signal
-        from fercurate.sources import open_source
-        from fercurate.workspace import Workspace
-        source = open_source("imagefolder", {str(archive)!r})
-        read = type(source).__iter__
-        def dying():
-            for n, item in enumerate(read(source)):
-                if n == 200:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                yield item
-        source.__class__ = type("Dying", (type(source),), {{"__iter__": lambda self: dying()}})
-        Workspace({str(space.root)!r}).ingest(source)
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    result = ingest_killed_after(space, "imagefolder", tmp_path / "b" / "faces.tar.gz", items=200)
     assert result.returncode == -signal.SIGKILL
     assert space.manifest().num_rows == committed == 300
     report = space.ingest(other(), workers=2)
@@ -657,21 +662,7 @@ def test_sigkill_mid_ingest_leaves_workspace_readable(tmp_path: Path) -> None:
     space = Workspace(tmp_path / "ws")
     space.ingest(open_source("fer2013", csv_of(tmp_path / "a.csv", range(3))))
     bigger = csv_of(tmp_path / "b.csv", range(600), usage="PrivateTest")
-    script = textwrap.dedent(f"""
-        import os, signal
-        from fercurate.sources import open_source
-        from fercurate.workspace import Workspace
-        source = open_source("fer2013", {str(bigger)!r})
-        read = type(source).__iter__
-        def dying():
-            for n, item in enumerate(read(source)):
-                if n == 400:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                yield item
-        source.__class__ = type("Dying", (type(source),), {{"__iter__": lambda self: dying()}})
-        Workspace({str(space.root)!r}).ingest(source)
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    result = ingest_killed_after(space, "fer2013", bigger, items=400)
     assert result.returncode == -9
     assert space.manifest().num_rows == 3
     report = space.ingest(open_source("fer2013", bigger))
