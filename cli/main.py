@@ -521,22 +521,26 @@ def benchmark(
     minutes: Annotated[float, typer.Option(help="Time budget per training set.")] = 10.0,
     epochs: Annotated[int, typer.Option(help="Epochs per training set (shrunk to fit the budget).")] = 40,
     arms: Annotated[str, typer.Option(help="Training sets: original, class-weighted, balanced-sampler, "
-                                           "rebalanced.")] = "original,class-weighted,rebalanced",
+                                           "rebalanced, augmented (after `synthesize`).")] = "original,class-weighted,rebalanced",
     rebalance: Annotated[str, typer.Option(help="Target of the rebalanced set (uniform:N, cap:N, ...).")] = "cap:4000",
     train_source: Annotated[str, typer.Option(help="Source trained on; the others are cross-dataset tests.")] = "fer2013",
     tta: Annotated[bool, typer.Option(help="Test-time flip averaging.")] = False,
     device: Annotated[str, typer.Option(help=f"{choices(DEVICES)} (or cuda:N; gpu means cuda).")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed shared by every training set.")] = 0,
+    seeds: Annotated[Optional[str], typer.Option(
+        help="Comma-separated training seeds: each set is trained once per seed, and differences get intervals "
+             "over seeds (overrides --seed).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train the same model on several training sets and test each on FER2013, CK+, JAFFE and occlusion."""
-    from fercurate.train.runs import BenchmarkConfig, benchmark_table, run_benchmark
+    from fercurate.train.runs import BenchmarkConfig, benchmark_table, comparison_table, run_benchmark
     from fercurate.workspace import Workspace
 
     config = validated(BenchmarkConfig, "benchmark option",
                        train={"model": model, "epochs": epochs, "max_minutes": minutes, "device": device, "seed": seed},
                        arms=[name.strip() for name in arms.split(",")], rebalance_target=rebalance,
-                       train_source=train_source, tta_flip=tta)
+                       train_source=train_source, tta_flip=tta,
+                       seeds=[part.strip() for part in seeds.split(",")] if seeds is not None else None)
     space = Workspace(workspace)
     space.require()
     bar, update = _training_progress()
@@ -553,6 +557,17 @@ def benchmark(
     for record in table.to_dict("records"):
         view.add_row(*(str(record.get(column, "-")) for column in columns))
     console.print(view)
+    comparisons = comparison_table(report)
+    if len(comparisons):
+        compared = Table(title=f"against {comparisons['versus'].iloc[0]}", title_justify="left")
+        columns = ["training set", "test set", "metric", "difference", "interval", "verdict"]
+        for column in columns:
+            compared.add_column(column, justify="right" if column in ("difference", "interval") else "left")
+        for record in comparisons.to_dict("records"):
+            compared.add_row(*(str(record[column]) for column in columns))
+        console.print(compared)
+    for note in report.get("notes", []):
+        console.print(note)
     console.print(f"report: {output / 'benchmark.html'}")
 
 
@@ -576,6 +591,8 @@ def export(
     kfold: Annotated[Optional[int], typer.Option(help="Also write subject-independent fold numbers (k).")] = None,
     sources: Annotated[Optional[str], typer.Option(help="Only these sources (comma-separated).")] = None,
     exclude_flag: Annotated[Optional[list[str]], typer.Option(help="Leave out rows with this flag (repeatable).")] = None,
+    keep_rebalance_drops: Annotated[bool, typer.Option(
+        "--keep-rebalance-drops", help="Keep the training rows `synthesize`'s plan subsampled away.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the split and the balancing.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     as_json: JsonOption = False,
@@ -591,7 +608,8 @@ def export(
         ExportOptions, "export option", formats=[name.strip() for name in formats.split(",") if name.strip()],
         split={"strategy": split_strategy, "folds": folds.split(":"), "seed": seed},
         balance=parse_balance(balance) if balance is not None else None, kfold=kfold, overwrite=overwrite,
-        exclude_flags=exclude_flag or [], sources=[name.strip() for name in sources.split(",")] if sources else None)
+        exclude_flags=exclude_flag or [], sources=[name.strip() for name in sources.split(",")] if sources else None,
+        apply_rebalance_drops=not keep_rebalance_drops)
     with errors.status("exporting") as status:
         report = export_dataset(space, output, options, progress=lambda name: status.update(f"writing {name}"))
     summary = report.to_dict()

@@ -142,8 +142,9 @@ def plan_table(plan: RebalancePlan) -> Table:
 def _render(report: SynthesizeReport) -> None:
     console.print(plan_table(report.plan))
     if report.plan.drop_ids:
-        console.print(f"{len(report.plan.drop_ids)} real training rows are above the target: subsample them at export "
-                      f"(`fercurate export --balance {report.plan.target}` where export knows the target)")
+        console.print(f"{len(report.plan.drop_ids)} real training rows are above the target"
+                      + (": a run flags them rebalance-drop" if report.dry_run else " and are flagged rebalance-drop")
+                      + "; export leaves them out (--keep-rebalance-drops keeps them)")
     if report.dry_run:
         console.print("dry run: nothing written")
         return

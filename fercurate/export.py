@@ -52,6 +52,7 @@ from fercurate.options import BALANCE_HELP, parse_balance
 from fercurate.schema import CANONICAL_LABELS, ROW_SCHEMA, SOURCE_LABEL_MAPS
 from fercurate.sources.ferplus import VOTE_COLUMNS
 from fercurate.splits import (
+    REBALANCE_DROP_FLAG,
     SPLITS,
     SplitOptions,
     assign_splits,
@@ -81,6 +82,8 @@ class ExportOptions(BaseModel):
     kfold: int | None = Field(None, ge=2, description="also write subject-independent fold numbers")
     sources: list[str] | None = Field(None, description="only rows of these sources")
     exclude_flags: list[str] = Field(default_factory=list, description="leave out rows carrying these flags")
+    apply_rebalance_drops: bool = Field(True, description="leave out the real training rows `fercurate synthesize`'s "
+                                                          f"plan subsampled away (flag {REBALANCE_DROP_FLAG})")
     overwrite: bool = False
 
     @field_validator("balance", mode="before")
@@ -146,12 +149,16 @@ def plan_export(workspace: Workspace, options: ExportOptions, manifest: pa.Table
         chosen = rows["source"].isin(options.sources).to_numpy()
         rows.loc[keep & ~chosen, "excluded_reason"] = "source not selected"
         keep &= chosen
-    dropped = rows["flags"].map(lambda flags: flags is not None and DROP_FLAG in flags).to_numpy()
+    dropped = _flagged(rows, [DROP_FLAG])
     rows.loc[keep & dropped, "excluded_reason"] = "dropped in review"
     keep &= ~dropped
+    if options.apply_rebalance_drops:  # the subsampled rows and anything derived from them
+        subsampled = _flagged(rows, [REBALANCE_DROP_FLAG])
+        subsampled = subsampled | rows["parent_id"].isin(rows.loc[subsampled, "id"]).to_numpy()
+        rows.loc[keep & subsampled, "excluded_reason"] = "subsampled by the rebalance plan"
+        keep &= ~subsampled
     if options.exclude_flags:
-        flagged = rows["flags"].map(lambda flags: bool(set(flags if flags is not None else ())
-                                                       & set(options.exclude_flags))).to_numpy()
+        flagged = _flagged(rows, options.exclude_flags)
         rows.loc[keep & flagged, "excluded_reason"] = "flag excluded"
         keep &= ~flagged
     balance_report = None
@@ -169,6 +176,12 @@ def plan_export(workspace: Workspace, options: ExportOptions, manifest: pa.Table
         raise ExportError(f"these options select no row of {workspace.root} ({reasons})",
                           "relax --sources, --exclude-flag or --balance")
     return rows[keep].reset_index(drop=True), assignment.report, balance_report, excluded
+
+
+def _flagged(rows: pd.DataFrame, flags: list[str]) -> np.ndarray:
+    """Whether each row carries any of ``flags``."""
+    wanted = set(flags)
+    return rows["flags"].map(lambda row_flags: row_flags is not None and not wanted.isdisjoint(row_flags)).to_numpy(bool)
 
 
 def audited_near_groups(workspace: Workspace, rows: pd.DataFrame) -> np.ndarray | None:

@@ -35,6 +35,9 @@ from fercurate.audit.duplicates import components
 from fercurate.errors import OptionError
 
 SPLITS = ("train", "validation", "test")
+#: The flag ``fercurate synthesize`` sets on real training rows its rebalance plan subsamples away
+#: (``cap:N``, ``uniform:N``); export leaves them and their derived rows out of the training split.
+REBALANCE_DROP_FLAG = "rebalance-drop"
 OFFICIAL_SPLITS: dict[str, str] = {
     "Training": "train", "PublicTest": "validation", "PrivateTest": "test",
     "train": "train", "validation": "validation", "test": "test",

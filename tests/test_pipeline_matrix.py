@@ -191,7 +191,7 @@ def test_benchmark_scores_cross_dataset_tests_on_the_classes_trained(release_pat
     assert contempt > 0
     config = BenchmarkConfig(train=TINY, arms=["original", "rebalanced"], rebalance_target="cap:4")
     report = run_benchmark(workspace, config, tmp_path / "bench")
-    ckplus = report["arms"]["original"]["tests"]["ckplus (cross-dataset)"]
+    ckplus = report["arms"]["original"]["seeds"]["0"]["tests"]["ckplus (cross-dataset)"]
     assert ckplus["left_out"] == {"contempt": contempt}
     assert ckplus["rows"] == workspace.manifest().num_rows - contempt - sum(
         1 for source in workspace.manifest()["source"].to_pylist() if source != "ckplus")
@@ -215,7 +215,7 @@ def test_benchmark_reports_per_group_results_with_intervals_and_the_largest_gap(
     with workspace.lock():
         workspace.write_manifest(manifest)
     report = run_benchmark(workspace, BenchmarkConfig(train=TINY, arms=["original"]), tmp_path / "bench")
-    grouped = report["arms"]["original"]["tests"]["fer2013 test"]["group_report"]["gender"]
+    grouped = report["arms"]["original"]["seeds"]["0"]["tests"]["fer2013 test"]["group_report"]["gender"]
     assert set(grouped["values"]) == {"female", "male"}
     assert sum(value["n"] for value in grouped["values"].values()) == report["data"]["test_rows"]
     markdown = (tmp_path / "bench" / "benchmark.md").read_text()

@@ -187,3 +187,60 @@ def test_cli_dry_run_json_and_contact_sheet(demo_workspace: Workspace, tmp_path)
     sheet = contact_sheet(faces, tmp_path / "sheet.png", size=48)
     import cv2
     assert cv2.imread(str(sheet), cv2.IMREAD_GRAYSCALE).shape == (48 * (1 + len(OCCLUDERS)), 48 * 3)
+
+
+def test_a_subsampling_plan_flags_its_drops_export_leaves_them_out_and_remove_restores(tmp_path) -> None:
+    space = Workspace(tmp_path / "ws")
+    space.ingest(open_demo(tmp_path / "demo", per_class=12))
+    before = space.manifest()
+    report = synthesize(space, SynthesizeOptions(target="cap:8"))  # 10 training faces per class: 2 dropped each
+    assert report.plan.total_new == 0 and len(report.plan.drop_ids) == 14 == report.drops_changed
+    rows = space.manifest().to_pylist()
+    assert sorted(row["id"] for row in rows if row["flags"]) == sorted(report.plan.drop_ids)
+    assert all(row["flags"] == ["rebalance-drop"] for row in rows if row["flags"])
+    rows, _, _, excluded = plan_export(space, ExportOptions())
+    assert excluded == {"subsampled by the rebalance plan": 14}
+    assert not rows["id"].isin(report.plan.drop_ids).any()
+    assert rows[rows["split"] == "train"]["label"].value_counts().eq(8).all()
+    kept, _, _, _ = plan_export(space, ExportOptions(apply_rebalance_drops=False))
+    assert kept["id"].isin(report.plan.drop_ids).sum() == 14
+    # the plan still counts the subsampled rows as real: the same target is stable, a new one moves the flags
+    assert synthesize(space, SynthesizeOptions(target="cap:8")).drops_changed == 0
+    assert synthesize(space, SynthesizeOptions(target="cap:9")).drops_changed == 7
+    # a fill on top: then removing every synthetic row also takes the flags off
+    filled = synthesize(space, SynthesizeOptions(target="uniform:9"))
+    assert sum(filled.added.values()) == 0 and filled.drops_changed == 0  # uniform:9 drops 1 per class and adds none
+    synthesize(space, SynthesizeOptions(target="uniform:12"))
+    assert remove_synthetic(space) > 0
+    assert space.manifest().equals(before)
+
+
+def test_the_judge_records_its_probability_and_rejects_below_the_threshold(demo_workspace: Workspace,
+                                                                          tmp_path) -> None:
+    import cv2
+
+    from fercurate.synth.filter import REJECT_JUDGE, judge_probabilities
+    from fercurate.train.loop import TrainConfig
+    from fercurate.train.runs import train_on_workspace
+
+    train_on_workspace(demo_workspace, TrainConfig(model="tiny", epochs=1, batch_size=16), tmp_path / "run", onnx=False)
+    judge = tmp_path / "run" / "best.pt"
+
+    def run(threshold: float):
+        return synthesize(demo_workspace, SynthesizeOptions(
+            target="uniform:13", retries=0, filter=FilterOptions(judge=judge, min_judge_probability=threshold)))
+    everything = run(0.0)
+    manifest = demo_workspace.manifest().to_pandas()
+    made = manifest[manifest["is_synthetic"].fillna(False).astype(bool)].sort_values("id")
+    assert len(made) == everything.plan.total_new and not everything.rejected
+    images = np.stack([cv2.imread(str(demo_workspace.image_path(path)), cv2.IMREAD_GRAYSCALE) for path in made["filepath"]])
+    expected = judge_probabilities(judge, images, made["label"].to_numpy())
+    np.testing.assert_allclose(made["judge_probability"].to_numpy(), expected, atol=1e-5)
+    threshold = float(np.median(expected))
+    remove_synthetic(demo_workspace)
+    strict = run(threshold)  # the same seeds make the same faces: exactly those below the median go
+    assert strict.rejected[REJECT_JUDGE] == int((expected < threshold).sum()) > 0
+    assert sum(strict.added.values()) == int((expected >= threshold).sum())
+    with pytest.raises(OptionError, match="does not exist"):
+        synthesize(demo_workspace, SynthesizeOptions(target="uniform:13", filter=FilterOptions(judge=tmp_path / "no.pt")))
+    remove_synthetic(demo_workspace)

@@ -72,8 +72,47 @@ def test_cli_benchmark_compares_training_sets_on_every_test_set(workspace: Works
     report = json.loads(result.stdout)
     assert list(report["arms"]) == ["original", "rebalanced"]
     assert report["arms"]["rebalanced"]["train_rows"] == 70 and report["arms"]["original"]["train_rows"] == 112
-    assert set(report["arms"]["original"]["tests"]) == {"demo test", "demo test, occluded", "jaffe (cross-dataset)"}
-    assert report["arms"]["original"]["tests"]["jaffe (cross-dataset)"]["rows"] == 14
+    tests = report["arms"]["original"]["seeds"]["0"]["tests"]
+    assert set(tests) == {"demo test", "demo test, occluded (square)", "jaffe (cross-dataset)"}
+    assert tests["jaffe (cross-dataset)"]["rows"] == 14
+    assert "synthesize -w WS --occluded-test" in report["notes"][0]  # no face-aware copy in this workspace
+    one_seed = [c for c in report["comparisons"] if c["test set"] == "demo test" and c["metric"] == "accuracy"]
+    assert one_seed[0]["verdict"] == "one seed: not a finding" and one_seed[0]["interval kind"].startswith("bootstrap")
     assert report["data"]["manifest_sha1"] == manifest_hash(workspace)
     markdown = (tmp_path / "bench" / "benchmark.md").read_text()
     assert "recall disgust" in markdown and "jaffe (cross-dataset)" in markdown
+
+
+def test_benchmark_augmented_arm_face_aware_occlusion_and_intervals_over_seeds(tmp_path: Path) -> None:
+    """After ``synthesize`` and ``synthesize --occluded-test`` the
+    benchmark trains the augmented arm on exactly export's training rows, scores the face-aware
+    occluded copies, and compares arms over seeds with Student's t."""
+    from fercurate.export import ExportOptions
+    from fercurate.synth import SynthesizeOptions, make_occluded_test_set, synthesize
+    from fercurate.train.data import workspace_splits
+    from fercurate.train.loop import TrainConfig
+    from fercurate.train.runs import BenchmarkConfig, comparison_table, run_benchmark
+
+    space = Workspace(tmp_path / "ws")
+    space.ingest(open_demo(tmp_path / "demo", per_class=12, seed=3))
+    synthesize(space, SynthesizeOptions(target="uniform:12"))
+    added = make_occluded_test_set(space)
+    exported = workspace_splits(space, ExportOptions(sources=["demo", "synthetic"], exclude_flags=["occluded-test"]))
+    config = BenchmarkConfig(train=TrainConfig(model="tiny", epochs=1, batch_size=16), arms=["original", "augmented"],
+                             seeds=[0, 1], train_source="demo")
+    report = run_benchmark(space, config, tmp_path / "bench")
+    augmented = report["arms"]["augmented"]
+    assert augmented["train_rows"] == len(exported["train"]) and augmented["synthetic_train_rows"] > 0
+    assert report["arms"]["original"]["synthetic_train_rows"] == 0
+    tests = augmented["seeds"]["1"]["tests"]
+    assert tests["demo test, occluded (face-aware)"]["rows"] == added == report["data"]["face_aware_occluded_rows"]
+    assert tests["demo test, occluded (square)"]["rows"] == report["data"]["test_rows"]
+    comparisons = comparison_table(report)
+    row = comparisons[(comparisons["test set"] == "demo test") & (comparisons["metric"] == "accuracy")].iloc[0]
+    per_seed = [augmented["seeds"][s]["tests"]["demo test"]["accuracy"]
+                - report["arms"]["original"]["seeds"][s]["tests"]["demo test"]["accuracy"] for s in ("0", "1")]
+    assert row["seeds"] == 2 and row["interval kind"] == "t over 2 seeds"
+    assert abs(row["difference"] - np.mean(per_seed)) < 1e-4
+    assert row["verdict"] in ("finding", "within noise")
+    markdown = (tmp_path / "bench" / "benchmark.md").read_text()
+    assert "occluded (face-aware)" in markdown and "a finding needs several seeds" in markdown

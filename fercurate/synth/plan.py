@@ -45,8 +45,9 @@ class ClassPlan:
 
 @dataclass
 class RebalancePlan:
-    """New faces per class and method; ``drop_ids`` are real training rows an export should
-    subsample away to meet the target; ``train`` holds the real training rows (id, label, ...)."""
+    """New faces per class and method; ``drop_ids`` are real training rows subsampled away to meet
+    the target (``synthesize`` flags them ``rebalance-drop`` and export leaves them out); ``train``
+    holds the real training rows (id, label, ...)."""
 
     target: str
     methods: tuple[str, ...]
@@ -137,11 +138,11 @@ def plan_from_counts(train: pd.DataFrame, *, target: str, methods: tuple[str, ..
         raise OptionError(f"--target {target} cannot be met with at most {max_synthetic_share:.0%} synthetic faces "
                           f"per class: {worst}",
                           f"the largest reachable uniform target is {best}; or raise --max-synthetic-share")
-    rng = np.random.default_rng(seed)
     drop_ids: list[str] = []
-    for label in real.index[real > targets]:
+    for label in real.index[real > targets]:  # a seeded order per class: a smaller target drops a superset
         ids = np.sort(train.loc[train["label"] == label, "id"].to_numpy())
-        drop_ids += sorted(rng.choice(ids, size=int(real[label] - targets[label]), replace=False).tolist())
+        order = np.random.default_rng([seed, CANONICAL_LABELS.index(label)]).permutation(len(ids))
+        drop_ids += sorted(ids[order[: int(real[label] - targets[label])]].tolist())
     classes = []
     for label in real.index:
         shares = np.full(len(methods), int(new[label]) // len(methods))
@@ -156,7 +157,7 @@ def training_rows(workspace: Workspace, split: SplitOptions | None = None) -> pd
     """The real rows export would put in the training split (all plan columns)."""
     from fercurate.export import ExportOptions, plan_export
 
-    rows, _, _, _ = plan_export(workspace, ExportOptions(split=split or SplitOptions()))
+    rows, _, _, _ = plan_export(workspace, ExportOptions(split=split or SplitOptions(), apply_rebalance_drops=False))
     return rows[(rows["split"] == "train") & ~rows["is_synthetic"].astype(bool)].reset_index(drop=True)
 
 

@@ -44,7 +44,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from fercurate.errors import OptionError
 from fercurate.schema import ROW_SCHEMA
-from fercurate.splits import SplitOptions
+from fercurate.splits import REBALANCE_DROP_FLAG, SplitOptions
 from fercurate.synth.augment import Strength, augment_faces, face_seed
 from fercurate.synth.filter import FilterOptions, phashes, score, thumbnails
 from fercurate.synth.occluders import OCCLUDERS
@@ -103,13 +103,15 @@ class SynthesizeReport:
     rejected: Counter[str] = field(default_factory=Counter)  # per reason
     short: dict[str, int] = field(default_factory=dict)  # per label: still missing after retries
     placements: Counter[str] = field(default_factory=Counter)
+    drops_changed: int = 0  # real rows whose rebalance-drop flag this run set or took off
     seconds: float = 0.0
     dry_run: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"plan": self.plan.to_dict(), "added": dict(self.added), "added_total": sum(self.added.values()),
                 "already_present": self.already_present, "rejected": dict(self.rejected), "short": self.short,
-                "placements": dict(self.placements), "seconds": round(self.seconds, 2), "dry_run": self.dry_run}
+                "placements": dict(self.placements), "subsampled": len(self.plan.drop_ids),
+                "drops_changed": self.drops_changed, "seconds": round(self.seconds, 2), "dry_run": self.dry_run}
 
 
 def _read_image(workspace: Workspace, filepath: str) -> np.ndarray:
@@ -166,16 +168,16 @@ def synthesize(workspace: Workspace, options: SynthesizeOptions | None = None, *
         plan = plan_from_counts(train, target=options.target, methods=options.methods,
                                 max_synthetic_share=options.max_synthetic_share, seed=options.split.seed)
         report = SynthesizeReport(plan, dry_run=options.dry_run)
-        if options.dry_run or plan.total_new == 0:
+        if options.dry_run:
             report.seconds = time.perf_counter() - started
             return report
-        manifest = workspace.manifest()
+        manifest, report.drops_changed = mark_rebalance_drops(workspace.manifest(), plan.drop_ids)
         present = set(manifest["id"].to_pylist())
         parent_rows = manifest.filter(pc.is_in(manifest["id"], pa.array(train["id"].tolist(), pa.string())))
         parent_by_id = {row["id"]: row for row in parent_rows.to_pylist()}
         rows: list[dict[str, Any]] = []
         real = real_hashes = None
-        for entry in plan.classes:
+        for entry in plan.classes if plan.total_new else ():
             wanted, start = entry.new.get("augment", 0), 0
             for _ in range(options.retries + 1):
                 if wanted <= 0:
@@ -217,10 +219,30 @@ def synthesize(workspace: Workspace, options: SynthesizeOptions | None = None, *
                 wanted -= int(np.equal(scores.reason, None).sum())
             if wanted > 0:
                 report.short[entry.label] = wanted
-        if rows:
+        if rows or report.drops_changed:
             workspace.write_manifest(pa.concat_tables([manifest, pa.Table.from_pylist(rows, schema=ROW_SCHEMA)]))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def mark_rebalance_drops(manifest: pa.Table, drop_ids: Sequence[str]) -> tuple[pa.Table, int]:
+    """The manifest with :data:`~fercurate.splits.REBALANCE_DROP_FLAG` on exactly ``drop_ids`` (added
+    where missing, taken off rows no longer in the plan), and how many rows changed. A row that loses
+    its only flag gets null flags back."""
+    chosen = set(drop_ids)
+    flags = manifest["flags"].to_pylist()
+    changed = 0
+    for index, (row_id, row_flags) in enumerate(zip(manifest["id"].to_pylist(), flags)):
+        has = row_flags is not None and REBALANCE_DROP_FLAG in row_flags
+        if has == (row_id in chosen):
+            continue
+        changed += 1
+        rest = [flag for flag in row_flags or () if flag != REBALANCE_DROP_FLAG]
+        flags[index] = rest + [REBALANCE_DROP_FLAG] if not has else (rest or None)
+    if not changed:
+        return manifest, 0
+    position = manifest.schema.get_field_index("flags")
+    return manifest.set_column(position, manifest.schema.field(position), pa.array(flags, pa.list_(pa.string()))), changed
 
 
 def _generator_matches(generators: pa.ChunkedArray, generator: str) -> pa.ChunkedArray:
@@ -230,7 +252,8 @@ def _generator_matches(generators: pa.ChunkedArray, generator: str) -> pa.Chunke
 
 def remove_synthetic(workspace: Workspace, generator: str | None = None) -> int:
     """Remove synthetic rows (of ``generator`` or its family when given; ``occluded-test`` removes the
-    occluded test rows) and return how many were removed."""
+    occluded test rows) and return how many were removed. When no synthetic training row is left, the
+    plan's ``rebalance-drop`` flags are taken off too, so the manifest is as before ``synthesize``."""
     workspace.require()
     with workspace.lock():
         manifest = workspace.manifest()
@@ -240,8 +263,11 @@ def remove_synthetic(workspace: Workspace, generator: str | None = None) -> int:
         else:
             chosen = pc.and_(derived, pc.fill_null(_generator_matches(manifest["generator"], generator), False))
         count = pc.sum(chosen).as_py() or 0
-        if count:
-            workspace.write_manifest(manifest.filter(pc.invert(chosen)))
+        remaining, undropped = manifest.filter(pc.invert(chosen)), 0
+        if not pc.any(pc.fill_null(remaining["is_synthetic"], False)).as_py():  # the rebalance is undone whole
+            remaining, undropped = mark_rebalance_drops(remaining, [])
+        if count or undropped:
+            workspace.write_manifest(remaining)
     return count
 
 

@@ -107,25 +107,48 @@ def metrics_from_probabilities(probabilities: np.ndarray, y_true: np.ndarray,
     }
 
 
-def bootstrap_intervals(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, *, resamples: int = 500,
-                        seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap intervals of accuracy and macro-F1: ``resamples`` resamplings of the
-    faces, each scored from its own confusion matrix (all built at once with one bincount)."""
-    count = len(y_true)
-    if count == 0:
-        return {"accuracy": (0.0, 0.0), "macro_f1": (0.0, 0.0)}
-    picks = np.random.default_rng(seed).integers(0, count, size=(resamples, count))
+def _resampled_scores(y_true: np.ndarray, y_pred: np.ndarray, picks: np.ndarray,
+                      num_classes: int) -> dict[str, np.ndarray]:
+    """Accuracy and macro-F1 of each resampling ``picks`` (rows of face indices), each scored from
+    its own confusion matrix (all built at once with one bincount)."""
+    resamples, count = picks.shape
     cells = (np.arange(resamples)[:, None] * num_classes**2 + y_true[picks] * num_classes + y_pred[picks]).ravel()
     matrices = np.bincount(cells, minlength=resamples * num_classes**2).reshape(resamples, num_classes, num_classes)
     support, predicted = matrices.sum(axis=2), matrices.sum(axis=1)
     hits = np.diagonal(matrices, axis1=1, axis2=2)
     f1 = np.divide(2 * hits, support + predicted, out=np.zeros(hits.shape), where=(support + predicted) > 0)
     present = support > 0
-    scores = {"accuracy": hits.sum(axis=1) / count,
-              "macro_f1": np.where(present, f1, 0).sum(axis=1) / np.maximum(present.sum(axis=1), 1)}
+    return {"accuracy": hits.sum(axis=1) / count,
+            "macro_f1": np.where(present, f1, 0).sum(axis=1) / np.maximum(present.sum(axis=1), 1)}
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
     tail = (1 - level) / 2 * 100
-    return {name: (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
-            for name, values in scores.items()}
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def bootstrap_intervals(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, *, resamples: int = 500,
+                        seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of accuracy and macro-F1 over ``resamples`` resamplings of the faces."""
+    count = len(y_true)
+    if count == 0:
+        return {"accuracy": (0.0, 0.0), "macro_f1": (0.0, 0.0)}
+    picks = np.random.default_rng(seed).integers(0, count, size=(resamples, count))
+    return {name: _percentile_interval(values, level)
+            for name, values in _resampled_scores(y_true, y_pred, picks, num_classes).items()}
+
+
+def paired_bootstrap_difference(y_true: np.ndarray, y_pred: np.ndarray, y_baseline: np.ndarray, num_classes: int, *,
+                                resamples: int = 1000, seed: int = 0,
+                                level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of (score of ``y_pred``) - (score of ``y_baseline``) for accuracy and
+    macro-F1, resampling the same faces for both: how much of a difference between two models on
+    one test set the test sample alone could produce (not the noise of training them)."""
+    count = len(y_true)
+    picks = np.random.default_rng(seed).integers(0, count, size=(resamples, count))
+    ours = _resampled_scores(y_true, y_pred, picks, num_classes)
+    theirs = _resampled_scores(y_true, y_baseline, picks, num_classes)
+    return {name: _percentile_interval(ours[name] - theirs[name], level) for name in ours}
 
 
 def group_report(probabilities: np.ndarray, y_true: np.ndarray, values: Sequence[Any], *, min_rows: int = 20,
@@ -194,10 +217,12 @@ def evaluate(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.nda
              class_names: Sequence[str], tta_flip: bool = False,
              groups: Mapping[str, np.ndarray | Sequence[Any]] | None = None,
              normalization: Normalization | None = None, batch_size: int = 512,
-             device: str | torch.device | None = None) -> dict[str, Any]:
+             device: str | torch.device | None = None, predictions: bool = False) -> dict[str, Any]:
     """All metrics of ``model`` on ``images`` with true class indices ``labels`` (see
     :func:`metrics_from_probabilities`), plus, for every grouping ``name -> values aligned with
-    images``, the same metrics per value under ``result["groups"][name][value]``.
+    images``, the same metrics per value under ``result["groups"][name][value]``; with
+    ``predictions`` also the true and the predicted class index of every face (``true_labels``,
+    ``predictions``: for paired comparisons).
 
     ``images`` are uint8 ``(N, 48, 48)`` (then ``normalization`` is required) or normalised float
     ``(N, 1, 48, 48)``.
@@ -207,6 +232,9 @@ def evaluate(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.nda
     result = metrics_from_probabilities(probabilities, labels, class_names)
     result["class_names"] = list(class_names)
     result["tta_flip"] = tta_flip
+    if predictions:
+        result["true_labels"] = labels.tolist()
+        result["predictions"] = probabilities.argmax(axis=1).tolist()
     if groups:
         result["groups"] = {}
         for name, values in groups.items():

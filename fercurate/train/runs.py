@@ -4,11 +4,14 @@
 split, select on validation, and only then test once on the test split (overall, per source and per
 demographic value), with a confusion plot and an ONNX export checked by onnxruntime.
 
-:func:`run_benchmark` is ``fercurate benchmark``: the same model, seed and time budget trained on
-several versions of the training data (``arms``: the original FER2013 training split, the same
-with class-weighted loss, with a balanced sampler, and a rebalanced selection), each tested on
-FER2013's test split (PrivateTest), on CK+ and JAFFE (cross-dataset, no fine-tuning: they are
-never trained on) and on an occluded copy of the test split. Every test set is scored on the
+:func:`run_benchmark` is ``fercurate benchmark``: the same model and time budget trained, once per
+seed, on several versions of the training data (``arms``: the original FER2013 training split, the
+same with class-weighted loss, with a balanced sampler, a rebalanced selection, and the split as
+``synthesize`` rebalanced it with augmented faces), each tested on FER2013's test split
+(PrivateTest), on CK+ and JAFFE (cross-dataset, no fine-tuning: they are never trained on), on a copy
+of the test split with a gray square over each face, and on the face-aware occluded copy that
+``synthesize --occluded-test`` writes. Each arm is compared with the first with an interval, and a
+difference is called a finding only across several seeds (:func:`compare_arms`). Every test set is scored on the
 classes the model was trained on only (a FER2013 model has no contempt output, so CK+'s contempt
 faces would count as certain errors): faces of other classes are left out, counted per class in
 ``left_out``, and named in the report. The configuration and a hash of the
@@ -33,8 +36,9 @@ from fercurate.errors import TrainError
 from fercurate.export import ExportOptions
 from fercurate.options import parse_balance
 from fercurate.splits import SplitOptions
+from fercurate.synth.run import OCCLUDED_TEST_FLAG
 from fercurate.train.data import load_images, rows_in_classes, workspace_splits
-from fercurate.train.evaluate import evaluate, plot_confusion
+from fercurate.train.evaluate import evaluate, paired_bootstrap_difference, plot_confusion
 from fercurate.train.loop import TrainConfig, TrainProgress, TrainResult, resolve_device, train
 from fercurate.train.onnx_export import check_onnx, export_onnx
 from fercurate.workspace import Workspace
@@ -44,6 +48,8 @@ ARMS = {
     "class-weighted": "the same rows, loss weighted by inverse class frequency",
     "balanced-sampler": "the same rows, every class drawn equally often",
     "rebalanced": "a rebalanced selection (majority classes subsampled to the target)",
+    "augmented": "the training split as `fercurate synthesize` rebalanced it (classes above its target "
+                 "subsampled by its plan, those below filled with occlusion-augmented faces)",
 }
 Progress = Callable[[TrainProgress], None]
 
@@ -84,9 +90,10 @@ def _group_values(rows: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def evaluate_rows(result: TrainResult, workspace: Workspace, rows: pd.DataFrame, tta_flip: bool = False,
-                  images: np.ndarray | None = None) -> dict[str, Any]:
+                  images: np.ndarray | None = None, predictions: bool = False) -> dict[str, Any]:
     """Metrics of a trained model on workspace rows (labels outside its classes are left out and
-    counted); ``images`` replaces the rows' own pixels (e.g. an occluded copy)."""
+    counted); ``images`` replaces the rows' own pixels (e.g. an occluded copy); ``predictions`` keeps
+    every face's true and predicted class (see :func:`~fercurate.train.evaluate.evaluate`)."""
     known, left_out = rows_in_classes(rows, result.label_map)
     if images is None:
         images = load_images(workspace.root, known["filepath"].tolist())
@@ -94,7 +101,7 @@ def evaluate_rows(result: TrainResult, workspace: Workspace, rows: pd.DataFrame,
         images = images[rows["label"].isin(list(result.label_map)).to_numpy()]
     labels = known["label"].map(result.label_map).to_numpy()
     metrics = evaluate(result.model, images, labels, result.class_names, tta_flip=tta_flip,
-                       groups=_group_values(known), normalization=result.normalization)
+                       groups=_group_values(known), normalization=result.normalization, predictions=predictions)
     metrics["rows"] = len(known)
     metrics["left_out"] = left_out
     return metrics
@@ -152,8 +159,10 @@ class BenchmarkConfig(BaseModel):
     """What the benchmark compares, and on what budget."""
 
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_minutes=10))
-    arms: list[Literal["original", "class-weighted", "balanced-sampler", "rebalanced"]] = Field(
-        default_factory=lambda: ["original", "class-weighted", "rebalanced"])
+    arms: list[Literal["original", "class-weighted", "balanced-sampler", "rebalanced", "augmented"]] = Field(
+        default_factory=lambda: ["original", "class-weighted", "rebalanced"], min_length=1)
+    seeds: list[int] | None = Field(None, min_length=1, description="training seeds, each arm trained once per "
+                                                                   "seed (None: the train config's seed)")
     rebalance_target: str | dict[str, float] = Field(
         "cap:4000", description="the rebalanced arm's target (see export --balance)")
     train_source: str = Field("fer2013", description="the source trained on; other sources are cross-dataset tests")
@@ -165,47 +174,94 @@ class BenchmarkConfig(BaseModel):
     def _known_target(cls, value: str | Mapping[str, float]) -> str | dict[str, float]:
         return parse_balance(value)
 
+    @field_validator("arms", "seeds")
+    @classmethod
+    def _distinct(cls, value: list[Any] | None) -> list[Any] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"{value} repeats an entry")
+        return value
+
+    @property
+    def training_seeds(self) -> list[int]:
+        return self.seeds if self.seeds is not None else [self.train.seed]
+
+
+def _arm_splits(workspace: Workspace, arm: str, config: BenchmarkConfig, base: dict[str, pd.DataFrame],
+                manifest: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The splits an arm trains and validates on (its test split is always ``base``'s)."""
+    if arm == "rebalanced":
+        return workspace_splits(workspace, ExportOptions(sources=[config.train_source], balance=config.rebalance_target,
+                                                         apply_rebalance_drops=False))
+    if arm != "augmented":
+        return base
+    how = "run `fercurate synthesize -w WS --target ... --method augment` first"
+    if not (manifest["is_synthetic"].fillna(False).astype(bool) & (manifest["source"] == "synthetic")).any():
+        raise TrainError("the augmented arm needs synthetic training rows and the workspace has none", how)
+    rows = workspace_splits(workspace, ExportOptions(sources=[config.train_source, "synthetic"],
+                                                     exclude_flags=[OCCLUDED_TEST_FLAG]))
+    parent_source = manifest.set_index("id")["source"]
+    train = rows["train"]
+    synthetic = (train["source"] == "synthetic").to_numpy()
+    own = train["parent_id"].map(parent_source).eq(config.train_source).to_numpy()
+    if not (synthetic & own).any():
+        raise TrainError(f"no synthetic training row derives from {config.train_source}", how)
+    return {**rows, "train": train[~synthetic | own].reset_index(drop=True)}
+
+
+def _occluded_test_rows(manifest: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """The face-aware occluded copies (``synthesize --occluded-test``) of ``test``'s rows."""
+    flagged = manifest["flags"].map(lambda flags: flags is not None and OCCLUDED_TEST_FLAG in flags)
+    return manifest[flagged & manifest["parent_id"].isin(test["id"])].reset_index(drop=True)
+
 
 def run_benchmark(workspace: Workspace, config: BenchmarkConfig, output_dir: Path,
                   progress: Callable[[str, TrainProgress], None] | None = None) -> dict[str, Any]:
-    """Train every arm on the same model, seed and budget; test each on every test set; write
+    """Train every arm once per seed on the same model and budget; test each on every test set;
+    compare every arm with the first, with intervals (see :func:`compare_arms`); write
     ``benchmark.json``, ``benchmark.md``, ``benchmark.html`` and plots into ``output_dir``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    only_train_source = ExportOptions(sources=[config.train_source])
-    base = workspace_splits(workspace, only_train_source)
     manifest = workspace.manifest().drop_columns(["landmarks", "action_units"]).to_pandas()
+    base = workspace_splits(workspace, ExportOptions(sources=[config.train_source], apply_rebalance_drops=False))
     cross = {source: manifest[manifest["source"] == source] for source in sorted(set(manifest["source"]))
-             if source != config.train_source}
+             if source not in (config.train_source, "synthetic")}
+    test_name = f"{config.train_source} test"
     test_images = load_images(workspace.root, base["test"]["filepath"].tolist())
-    occluded = occlude(test_images, seed=config.train.seed, share=config.occlusion_share)
+    squares = occlude(test_images, seed=config.train.seed, share=config.occlusion_share)
+    face_aware = _occluded_test_rows(manifest, base["test"])
+    splits = {arm: _arm_splits(workspace, arm, config, base, manifest) for arm in config.arms}  # fail before training
     arms: dict[str, Any] = {}
     for arm in config.arms:
-        train_config = config.train.model_copy(update={"class_weights": arm == "class-weighted",
-                                                       "balanced_sampler": arm == "balanced-sampler"})
-        rows = base
-        if arm == "rebalanced":
-            rows = workspace_splits(workspace, ExportOptions(sources=[config.train_source],
-                                                             balance=config.rebalance_target))
-        result = train(train_config, rows["train"], rows["validation"], workspace.root, output_dir / arm,
-                       progress=(lambda event, arm=arm: progress(arm, event)) if progress else None)
-        tests = {
-            f"{config.train_source} test": evaluate_rows(result, workspace, base["test"], config.tta_flip, test_images),
-            f"{config.train_source} test, occluded": evaluate_rows(result, workspace, base["test"], config.tta_flip,
-                                                                   occluded),
-            **{f"{source} (cross-dataset)": evaluate_rows(result, workspace, rows_of, config.tta_flip)
-               for source, rows_of in cross.items()},
-        }
-        plot_confusion(np.asarray(tests[f"{config.train_source} test"]["confusion_matrix"]), result.class_names,
-                       output_dir / f"confusion-{arm}.png", title=f"{arm}: {config.train_source} test")
-        arms[arm] = {"description": ARMS[arm], "train_rows": len(rows["train"]), "training": result.to_dict(),
-                     "tests": tests}
+        rows = splits[arm]
+        runs = {}
+        for seed in config.training_seeds:
+            train_config = config.train.model_copy(update={"class_weights": arm == "class-weighted",
+                                                           "balanced_sampler": arm == "balanced-sampler", "seed": seed})
+            name = arm if len(config.training_seeds) == 1 else f"{arm}/seed-{seed}"
+            result = train(train_config, rows["train"], rows["validation"], workspace.root, output_dir / name,
+                           progress=(lambda event, name=name: progress(name, event)) if progress else None)
+
+            def scored(rows_of: pd.DataFrame, images: np.ndarray | None = None) -> dict[str, Any]:
+                return evaluate_rows(result, workspace, rows_of, config.tta_flip, images, predictions=True)
+            tests = {test_name: scored(base["test"], test_images),
+                     f"{test_name}, occluded (square)": scored(base["test"], squares)}
+            if len(face_aware):
+                tests[f"{test_name}, occluded (face-aware)"] = scored(face_aware)
+            tests.update({f"{source} (cross-dataset)": scored(rows_of) for source, rows_of in cross.items()})
+            plot_confusion(np.asarray(tests[test_name]["confusion_matrix"]), result.class_names,
+                           output_dir / f"confusion-{name.replace('/', '-')}.png", title=f"{name}: {test_name}")
+            runs[str(seed)] = {"training": result.to_dict(), "tests": tests}
+        arms[arm] = {"description": ARMS[arm], "train_rows": len(rows["train"]),
+                     "synthetic_train_rows": int((rows["train"]["source"] == "synthetic").sum()), "seeds": runs}
     report = {
         "config": json.loads(config.model_dump_json()),
         "data": {"workspace": str(workspace.root), "manifest_sha1": manifest_hash(workspace),
-                 "test_rows": len(base["test"])},
+                 "test_rows": len(base["test"]), "face_aware_occluded_rows": len(face_aware)},
         "machine": _machine(result), "seconds": round(time.time() - started, 1), "arms": arms,
     }
+    if not len(face_aware):
+        report["notes"] = ["no face-aware occluded test rows: `fercurate synthesize -w WS --occluded-test` adds them"]
+    report["comparisons"] = compare_arms(report)
     (output_dir / "benchmark.json").write_text(json.dumps(report, indent=2, default=str))
     table = benchmark_table(report)
     _plot_benchmark(table, output_dir / "benchmark.png")
@@ -213,22 +269,75 @@ def run_benchmark(workspace: Workspace, config: BenchmarkConfig, output_dir: Pat
     return report
 
 
+def compare_arms(report: dict[str, Any], *, level: float = 0.95) -> list[dict[str, Any]]:
+    """Every arm against the first, per test set, in accuracy and macro-F1: the mean difference over
+    seeds and its interval. With several seeds the interval is Student's t over the per-seed
+    differences (the noise of training), and a difference is a finding only when it excludes zero;
+    with one seed it is a paired bootstrap over the test faces (the test sample's noise only), and
+    no difference is called a finding."""
+    from scipy import stats
+
+    names = list(report["arms"])
+    baseline = report["arms"][names[0]]["seeds"]
+    records = []
+    for arm in names[1:]:
+        runs = report["arms"][arm]["seeds"]
+        seeds = [seed for seed in runs if seed in baseline]
+        for test_name in runs[seeds[0]]["tests"]:
+            for metric in ("accuracy", "macro_f1"):
+                differences = np.array([runs[seed]["tests"][test_name][metric]
+                                        - baseline[seed]["tests"][test_name][metric] for seed in seeds])
+                if len(seeds) >= 2:
+                    half = stats.t.ppf((1 + level) / 2, len(seeds) - 1) * differences.std(ddof=1) / np.sqrt(len(seeds))
+                    low, high = differences.mean() - half, differences.mean() + half
+                    verdict = "finding" if low > 0 or high < 0 else "within noise"
+                    kind = f"t over {len(seeds)} seeds"
+                else:
+                    ours, theirs = runs[seeds[0]]["tests"][test_name], baseline[seeds[0]]["tests"][test_name]
+                    kept = ours["class_names"] == theirs["class_names"]
+                    y_true = np.asarray(ours["true_labels"])
+                    low, high = paired_bootstrap_difference(
+                        y_true, np.asarray(ours["predictions"]), np.asarray(theirs["predictions"]),
+                        len(ours["class_names"]), level=level)[metric] if kept else (float("nan"), float("nan"))
+                    verdict, kind = "one seed: not a finding", "bootstrap over test faces"
+                records.append({"training set": arm, "versus": names[0], "test set": test_name, "metric": metric,
+                                "seeds": len(seeds), "difference": round(float(differences.mean()), 4),
+                                "interval": [round(float(low), 4), round(float(high), 4)], "interval kind": kind,
+                                "verdict": verdict})
+    return records
+
+
 def benchmark_table(report: dict[str, Any]) -> pd.DataFrame:
-    """One row per (arm, test set): accuracy, macro-F1, balanced accuracy, ECE, and recall per class."""
+    """One row per (arm, test set): the mean over seeds of accuracy, macro-F1, balanced accuracy,
+    ECE and recall per class (with the spread over seeds when there are several)."""
     records = []
     for arm, facts in report["arms"].items():
-        for test_name, metrics in facts["tests"].items():
-            recall = {f"recall {name}": round(scores["recall"], 3)
-                      for name, scores in metrics["per_class"].items()}
-            left_out = ", ".join(f"{count} {label}" for label, count in sorted(metrics["left_out"].items()))
-            gaps = {f"{column} gap (accuracy)": _gap_text(metrics["group_report"][column])
-                    for column in DEMOGRAPHIC_GROUPS if column in metrics.get("group_report", {})}
-            records.append({"training set": arm, "test set": test_name, "rows": metrics["rows"],
+        runs = list(facts["seeds"].values())
+        for test_name, first in runs[0]["tests"].items():
+            every = [run["tests"][test_name] for run in runs]
+
+            def mean(values: list[float]) -> float:
+                return round(float(np.mean(values)), 4)
+            recall = {f"recall {name}": round(float(np.mean([m["per_class"][name]["recall"] for m in every])), 3)
+                      for name in first["per_class"]}
+            left_out = ", ".join(f"{count} {label}" for label, count in sorted(first["left_out"].items()))
+            gaps = {f"{column} gap (accuracy)": _gap_text(first["group_report"][column])
+                    for column in DEMOGRAPHIC_GROUPS if column in first.get("group_report", {})}
+            spread = ({"accuracy sd": round(float(np.std([m["accuracy"] for m in every], ddof=1)), 4)}
+                      if len(every) > 1 else {})
+            records.append({"training set": arm, "test set": test_name, "rows": first["rows"], "seeds": len(every),
                             "left out": left_out, **gaps,
-                            "accuracy": round(metrics["accuracy"], 4), "macro-F1": round(metrics["macro_f1"], 4),
-                            "balanced accuracy": round(metrics["balanced_accuracy"], 4),
-                            "ECE": round(metrics["ece"], 4), **recall})
+                            "accuracy": mean([m["accuracy"] for m in every]), **spread,
+                            "macro-F1": mean([m["macro_f1"] for m in every]),
+                            "balanced accuracy": mean([m["balanced_accuracy"] for m in every]),
+                            "ECE": mean([m["ece"] for m in every]), **recall})
     return pd.DataFrame(records)
+
+
+def comparison_table(report: dict[str, Any]) -> pd.DataFrame:
+    """:func:`compare_arms`'s records as a table (interval as text)."""
+    return pd.DataFrame([{**record, "interval": f"[{record['interval'][0]:+.4f}, {record['interval'][1]:+.4f}]"}
+                         for record in report.get("comparisons", [])])
 
 
 DEMOGRAPHIC_GROUPS = ("gender", "age_group")
@@ -240,21 +349,23 @@ def _gap_text(report: dict[str, Any]) -> str:
 
 
 def group_table(report: dict[str, Any]) -> pd.DataFrame:
-    """One row per (arm, test set, demographic group, value): faces, accuracy and macro-F1 with
+    """One row per (arm, seed, test set, demographic group, value): faces, accuracy and macro-F1 with
     their 95% bootstrap intervals."""
     records = []
     for arm, facts in report["arms"].items():
-        for test_name, metrics in facts["tests"].items():
-            for column, grouped in metrics.get("group_report", {}).items():
-                if column not in DEMOGRAPHIC_GROUPS:
-                    continue
-                for value, scores in grouped["values"].items():
-                    records.append({"training set": arm, "test set": test_name, "group": column, "value": value,
-                                    "faces": scores["n"],
-                                    "accuracy": f"{scores['accuracy']:.3f} [{scores['accuracy_ci'][0]:.3f}, "
-                                                f"{scores['accuracy_ci'][1]:.3f}]",
-                                    "macro-F1": f"{scores['macro_f1']:.3f} [{scores['macro_f1_ci'][0]:.3f}, "
-                                                f"{scores['macro_f1_ci'][1]:.3f}]"})
+        for seed, run in facts["seeds"].items():
+            for test_name, metrics in run["tests"].items():
+                for column, grouped in metrics.get("group_report", {}).items():
+                    if column not in DEMOGRAPHIC_GROUPS:
+                        continue
+                    for value, scores in grouped["values"].items():
+                        records.append({"training set": arm, "seed": seed, "test set": test_name, "group": column,
+                                        "value": value,
+                                        "faces": scores["n"],
+                                        "accuracy": f"{scores['accuracy']:.3f} [{scores['accuracy_ci'][0]:.3f}, "
+                                                    f"{scores['accuracy_ci'][1]:.3f}]",
+                                        "macro-F1": f"{scores['macro_f1']:.3f} [{scores['macro_f1_ci'][0]:.3f}, "
+                                                    f"{scores['macro_f1_ci'][1]:.3f}]"})
     return pd.DataFrame(records)
 
 
@@ -276,14 +387,24 @@ def _plot_benchmark(table: pd.DataFrame, target: Path) -> None:
 
 def _write_benchmark_pages(report: dict[str, Any], table: pd.DataFrame, output_dir: Path) -> None:
     train = report["config"]["train"]
-    header = (f"Model {train['model']}, seed {train['seed']}, budget {train['max_minutes']} min per training set "
-              f"on {report['machine']['device']} ({report['machine']['cores']} cores); data "
-              f"{report['data']['manifest_sha1'][:12]}; {report['seconds']} s in all.")
-    epochs = "; ".join(f"{arm}: {facts['train_rows']} training rows, {facts['training']['epochs']:.1f} epochs, "
-                       f"best validation {facts['training']['best']['metric']} "
-                       f"{facts['training']['best']['value']:.3f}" for arm, facts in report["arms"].items())
-    main = table[["training set", "test set", "rows", "left out", "accuracy", "macro-F1", "balanced accuracy", "ECE",
+    seeds = next(iter(report["arms"].values()))["seeds"]
+    header = (f"Model {train['model']}, seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}, budget "
+              f"{train['max_minutes']} min per training set and seed on {report['machine']['device']} "
+              f"({report['machine']['cores']} cores); data {report['data']['manifest_sha1'][:12]}; "
+              f"{report['seconds']} s in all.")
+    epochs = "; ".join(f"{arm} (seed {seed}): {facts['train_rows']} training rows"
+                       + (f" ({facts['synthetic_train_rows']} synthetic)" if facts["synthetic_train_rows"] else "")
+                       + f", {run['training']['epochs']:.1f} epochs, best validation "
+                       f"{run['training']['best']['metric']} {run['training']['best']['value']:.3f}"
+                       for arm, facts in report["arms"].items() for seed, run in facts["seeds"].items())
+    notes = " ".join(report.get("notes", []))
+    main = table[["training set", "test set", "rows", "seeds", "left out", "accuracy",
+                  *(["accuracy sd"] if "accuracy sd" in table else []), "macro-F1", "balanced accuracy", "ECE",
                   *[column for column in table.columns if column.endswith(" gap (accuracy)")]]]
+    comparisons = comparison_table(report)
+    compared = ((f"Each training set against {comparisons['versus'].iloc[0]} (difference of the mean over seeds, "
+                 "95% interval; a finding needs several seeds and an interval that excludes zero):\n\n"
+                 + comparisons.drop(columns="versus").to_markdown(index=False) + "\n\n") if len(comparisons) else "")
     groups = group_table(report)
     per_group = ("Per perceived gender and age group (95% bootstrap intervals; `unknown` is shown but never part "
                  "of a gap):\n\n" + groups.to_markdown(index=False) + "\n\n") if len(groups) else ""
@@ -294,12 +415,15 @@ def _write_benchmark_pages(report: dict[str, Any], table: pd.DataFrame, output_d
                 if len(left_out) else ": none here") + ".")
     recall = table[["training set", "test set", *[c for c in table.columns if c.startswith("recall ")]]]
     (output_dir / "benchmark.md").write_text(
-        f"# fercurate benchmark\n\n{header}\n\n{epochs}\n\n{scope}\n\n{main.to_markdown(index=False)}\n\n"
-        f"Recall per class:\n\n{recall.to_markdown(index=False)}\n\n{per_group}![benchmark](benchmark.png)\n")
+        f"# fercurate benchmark\n\n{header}\n\n{epochs}\n\n{scope} {notes}\n\n{main.to_markdown(index=False)}\n\n"
+        f"{compared}Recall per class (mean over seeds):\n\n{recall.to_markdown(index=False)}\n\n{per_group}"
+        "![benchmark](benchmark.png)\n")
     (output_dir / "benchmark.html").write_text(
         "<!doctype html><meta charset=utf-8><title>fercurate benchmark</title><style>body{font-family:sans-serif}"
         "td,th{padding:2px 8px;text-align:right}</style><h1>fercurate benchmark</h1>"
-        f"<p>{header}</p><p>{epochs}</p><p>{scope}</p>{main.to_html(index=False, border=0)}<h2>Recall per class</h2>"
-        f"{recall.to_html(index=False, border=0)}"
+        f"<p>{header}</p><p>{epochs}</p><p>{scope} {notes}</p>{main.to_html(index=False, border=0)}"
+        + (f"<h2>Against {comparisons['versus'].iloc[0]}</h2>{comparisons.to_html(index=False, border=0)}"
+           if len(comparisons) else "")
+        + f"<h2>Recall per class</h2>{recall.to_html(index=False, border=0)}"
         + (f"<h2>Per perceived gender and age group</h2>{groups.to_html(index=False, border=0)}" if len(groups) else "")
         + "<img src='benchmark.png' alt='benchmark'>")
