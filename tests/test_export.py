@@ -74,6 +74,8 @@ def test_official_split_excludes_training_copies_of_test_images_and_synthetic_te
         {"id": "b-child", "source_split": None, "sha1": "z", "label": "anger", "parent_id": "b-train"},
         {"id": "c-test", "source_split": "PrivateTest", "sha1": "w", "label": "fear", "parent_id": None},
         {"id": "c-child", "source_split": None, "sha1": "v", "label": "fear", "parent_id": "c-test"},
+        {"id": "d-val", "source_split": "PublicTest", "sha1": "u", "label": "fear", "parent_id": None},
+        {"id": "d-child", "source_split": None, "sha1": "t", "label": "fear", "parent_id": "d-val"},
     ]).assign(source="fer2013", subject_id=None,
               is_synthetic=lambda frame: frame["id"].str.endswith("child"))
     groups = leakage_groups(rows)
@@ -85,12 +87,14 @@ def test_official_split_excludes_training_copies_of_test_images_and_synthetic_te
         "b-train": ("train", None),
         "b-child": ("train", None),                                             # follows its parent
         "c-test": ("test", None),
-        "c-child": (None, "synthetic row whose parent is in the test split"),  # never in test
+        "c-child": (None, "synthetic row whose group is in an evaluation split"),  # never in test
+        "d-val": ("validation", None),
+        "d-child": (None, "synthetic row whose group is in an evaluation split"),  # nor in validation
     }
     assert leakage_violations(rows, assignment.split, groups).empty
-    unfixed = np.array(["train", "test", "train", "train", "test", "test"], dtype=object)
-    assert sorted(leakage_violations(rows, unfixed, groups)["problem"]) == ["group spans splits",
-                                                                            "synthetic row in test"]
+    unfixed = np.array(["train", "test", "train", "train", "test", "test", "validation", "validation"], dtype=object)
+    assert sorted(leakage_violations(rows, unfixed, groups)["problem"]) == [
+        "group spans splits", "synthetic row outside train", "synthetic row outside train"]
 
 
 def test_balanced_selection_reports_the_deficit() -> None:
@@ -125,7 +129,7 @@ def workspace(tmp_path: Path) -> Workspace:
 def test_every_format_reloads_with_the_same_rows(workspace: Workspace, tmp_path: Path) -> None:
     output = tmp_path / "export"
     report = export_dataset(workspace, output, ExportOptions(formats=["imagefolder", "hf", "fer2013-csv", "manifest"]))
-    assert report.excluded == {"duplicate of a test image": 1, "synthetic row whose parent is in the test split": 1}
+    assert report.excluded == {"duplicate of a test image": 1, "synthetic row whose group is in an evaluation split": 1}
     expected = dict(zip(report.rows["id"], zip(report.rows["split"], report.rows["label"])))
     assert len(expected) == 42 and "fer2013/Training/00042" not in expected
 
