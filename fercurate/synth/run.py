@@ -122,20 +122,22 @@ def _read_image(workspace: Workspace, filepath: str) -> np.ndarray:
     return pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
-def _landmarks(manifest: pa.Table, ids: Sequence[str]) -> dict[str, np.ndarray]:
-    wanted = manifest.filter(pc.and_(pc.is_in(manifest["id"], pa.array(list(ids), pa.string())),
+def _parent_faces(workspace: Workspace, manifest: pa.Table, parents: pd.DataFrame
+                  ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """Every parent's pixels and stored landmarks (None where it has none), read once per run."""
+    wanted = manifest.filter(pc.and_(pc.is_in(manifest["id"], pa.array(parents["id"].tolist(), pa.string())),
                                      pc.is_valid(manifest["landmarks"]))).select(["id", "landmarks"])
-    return {row["id"]: np.asarray(row["landmarks"], np.float32) for row in wanted.to_pylist()}
+    points = {row["id"]: np.asarray(row["landmarks"], np.float32) for row in wanted.to_pylist()}
+    return ([_read_image(workspace, path) for path in parents["filepath"]],
+            [points.get(row_id) for row_id in parents["id"]])
 
 
-def _derive(workspace: Workspace, manifest: pa.Table, parents: pd.DataFrame, jobs: pd.DataFrame, *,
+def _derive(images: Sequence[np.ndarray], points: Sequence[np.ndarray | None], jobs: pd.DataFrame, *,
             namespace: str, strength: Strength, progress: Progress | None) -> tuple[list[np.ndarray], list[str]]:
-    """The faces of ``jobs`` (columns ``parent``: row of ``parents``, ``occluder``, ``seed``)."""
-    paths, ids = parents["filepath"].to_numpy(), parents["id"].to_numpy()
-    images = {i: _read_image(workspace, paths[i]) for i in np.unique(jobs["parent"])}
-    points = _landmarks(manifest, ids[np.unique(jobs["parent"])].tolist())
-    return augment_faces([images[i] for i in jobs["parent"]], jobs["occluder"].tolist(), jobs["seed"].tolist(),
-                         landmarks=[points.get(ids[i]) for i in jobs["parent"]], strength=strength,
+    """The faces of ``jobs`` (columns ``parent``: index into ``images`` / ``points``, ``occluder``, ``seed``)."""
+    parents = jobs["parent"].tolist()
+    return augment_faces([images[i] for i in parents], jobs["occluder"].tolist(), jobs["seed"].tolist(),
+                         landmarks=[points[i] for i in parents], strength=strength,
                          progress=(lambda n: progress(namespace, n, len(jobs))) if progress else None)
 
 
@@ -176,6 +178,8 @@ def synthesize(workspace: Workspace, options: SynthesizeOptions | None = None, *
         parent_rows = manifest.filter(pc.is_in(manifest["id"], pa.array(train["id"].tolist(), pa.string())))
         parent_by_id = {row["id"]: row for row in parent_rows.to_pylist()}
         rows: list[dict[str, Any]] = []
+        parent_images: list[np.ndarray] = []
+        parent_points: list[np.ndarray | None] = []
         real = real_hashes = None
         for entry in plan.classes if plan.total_new else ():
             wanted, start = entry.new.get("augment", 0), 0
@@ -190,11 +194,12 @@ def synthesize(workspace: Workspace, options: SynthesizeOptions | None = None, *
                 jobs = jobs[~existing].reset_index(drop=True)
                 if jobs.empty:
                     continue
-                faces, placements = _derive(workspace, manifest, train, jobs, namespace="augment",
-                                            strength=options.strength, progress=progress)
-                if real_hashes is None:  # read once, and only when something is to be filtered
-                    real = thumbnails([_read_image(workspace, path) for path in train["filepath"]])
+                if real_hashes is None:  # read once, and only when something is to be made
+                    parent_images, parent_points = _parent_faces(workspace, manifest, train)
+                    real = thumbnails(parent_images)
                     real_hashes = phashes(real)
+                faces, placements = _derive(parent_images, parent_points, jobs, namespace="augment",
+                                            strength=options.strength, progress=progress)
                 scores = score(thumbnails(faces), real, jobs["parent"].to_numpy(), jobs["label"].to_numpy(),
                                options.filter, real_hashes)
                 report.rejected.update(reason for reason in scores.reason if reason is not None)
@@ -298,7 +303,8 @@ def make_occluded_test_set(workspace: Workspace, *, occluders: Sequence[str] = T
         jobs = jobs[[job_id not in present for job_id in jobs["id"]]].reset_index(drop=True)
         if jobs.empty:
             return 0
-        faces, placements = _derive(workspace, manifest, test, jobs, namespace=OCCLUDED_TEST_FLAG, strength=strength,
+        images, points = _parent_faces(workspace, manifest, test)
+        faces, placements = _derive(images, points, jobs, namespace=OCCLUDED_TEST_FLAG, strength=strength,
                                     progress=progress)
         parent_by_id = {row["id"]: row for row in
                         manifest.filter(pc.is_in(manifest["id"], pa.array(test["id"].tolist()))).to_pylist()}
