@@ -42,6 +42,8 @@ def synthesize(
         help=f"Comma-separated occluders for training faces, of {', '.join(OCCLUDER_NAMES)} "
              "[default: sunglasses,mask,hand,cap].")] = None,
     max_synthetic_share: Annotated[float, typer.Option(help="Most synthetic faces in a class, 0..1.")] = 0.5,
+    by: Annotated[Optional[str], typer.Option(
+        help="Balance label x value cells of gender or age_group instead of labels (known values only).")] = None,
     judge: Annotated[Optional[Path], typer.Option(help="best.pt of `fercurate train`: keep faces it recognises.")] = None,
     min_judge_probability: Annotated[float, typer.Option(help="Judge's probability of the label to keep a face.")] = 0.2,
     max_hamming: Annotated[int, typer.Option(help="pHash bits within which a face may be a near copy.")] = 4,
@@ -79,7 +81,7 @@ def synthesize(
         return
     names = _names(occluders)
     options = validated(SynthesizeOptions, "synthesize option", target=target, methods=tuple(method),
-                        max_synthetic_share=max_synthetic_share, seed=seed, split=split, dry_run=dry_run,
+                        max_synthetic_share=max_synthetic_share, by=by, seed=seed, split=split, dry_run=dry_run,
                         filter={"judge": judge, "min_judge_probability": min_judge_probability,
                                 "max_hamming": max_hamming, "min_pixel_distance": min_pixel_distance},
                         **({"occluders": tuple(names)} if names else {}))
@@ -127,11 +129,13 @@ class _ProgressBar:
 
 def plan_table(plan: RebalancePlan) -> Table:
     """The plan as a table: class, real, dropped, target, new per method, synthetic share."""
-    table = Table(title=f"rebalance plan: --target {plan.target} (training split)", title_justify="left")
-    for column in ("label", "real", "dropped", "target", *(f"new ({m})" for m in plan.methods), "synthetic share"):
-        table.add_column(column, justify="left" if column == "label" else "right")
+    cells = "" if plan.by is None else f", label x {plan.by} cells"
+    table = Table(title=f"rebalance plan: --target {plan.target} (training split{cells})", title_justify="left")
+    for column in ("label" if plan.by is None else "cell", "real", "dropped", "target",
+                   *(f"new ({m})" for m in plan.methods), "synthetic share"):
+        table.add_column(column, justify="left" if column in ("label", "cell") else "right")
     for row in plan.classes:
-        table.add_row(row.label, str(row.real), str(row.dropped), str(row.target),
+        table.add_row(row.name, str(row.real), str(row.dropped), str(row.target),
                       *(str(row.new.get(m, 0)) for m in plan.methods), f"{row.synthetic_share:.0%}")
     table.add_row("total", str(sum(r.real for r in plan.classes)), str(len(plan.drop_ids)),
                   str(sum(r.target for r in plan.classes)), *(str(sum(plan.new_per_class(m).values()))
@@ -141,6 +145,9 @@ def plan_table(plan: RebalancePlan) -> Table:
 
 def _render(report: SynthesizeReport) -> None:
     console.print(plan_table(report.plan))
+    if report.plan.outside_cells:
+        console.print(f"{report.plan.outside_cells} training faces of unknown {report.plan.by} are in no cell: they are "
+                      "kept as they are (`fercurate audit --estimate gender,age_group` estimates the values)")
     if report.plan.drop_ids:
         console.print(f"{len(report.plan.drop_ids)} real training rows are above the target"
                       + (": a run flags them rebalance-drop" if report.dry_run else " and are flagged rebalance-drop")

@@ -7,6 +7,7 @@ import json
 import albumentations as A
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -244,3 +245,38 @@ def test_the_judge_records_its_probability_and_rejects_below_the_threshold(demo_
     with pytest.raises(OptionError, match="does not exist"):
         synthesize(demo_workspace, SynthesizeOptions(target="uniform:13", filter=FilterOptions(judge=tmp_path / "no.pt")))
     remove_synthetic(demo_workspace)
+
+
+def test_a_plan_by_gender_balances_label_x_gender_cells_and_faces_land_in_their_cell(tmp_path) -> None:
+    train = _train({"happiness": 90, "disgust": 30}).assign(
+        gender=["female"] * 60 + ["male"] * 20 + ["unknown"] * 10 + ["female"] * 25 + ["male"] * 5)
+    plan = plan_from_counts(train, target="min:40", by="gender", max_synthetic_share=0.9)
+    cells = {row.name: (row.real, row.target, sum(row.new.values())) for row in plan.classes}
+    assert cells == {"happiness x female": (60, 60, 0), "happiness x male": (20, 40, 20),
+                     "disgust x female": (25, 40, 15), "disgust x male": (5, 40, 35)}  # unknown is no cell
+    capped = plan_from_counts(train, target="cap:10", by="gender")
+    dropped = train.set_index("id").loc[capped.drop_ids]
+    assert dropped.groupby(["label", "gender"]).size().to_dict() == {
+        ("disgust", "female"): 15, ("happiness", "female"): 50, ("happiness", "male"): 10}
+    with pytest.raises(OptionError, match="cannot split into cells"):
+        plan_from_counts(train, target="happiness=1,disgust=1", by="gender")
+    with pytest.raises(OptionError, match="no training row has a known age_group"):
+        plan_from_counts(train.assign(age_group="unknown"), target="uniform", by="age_group")
+    # on a workspace: every new face inherits the gender of the cell it was made for
+    space = Workspace(tmp_path / "ws")
+    space.ingest(open_demo(tmp_path / "demo", per_class=12))
+    manifest = space.manifest()
+    for column, values in (("gender", ["female" if i % 3 else "male" for i in range(manifest.num_rows)]),
+                           ("gender_source", ["user-sidecar"] * manifest.num_rows)):
+        index = manifest.schema.get_field_index(column)
+        manifest = manifest.set_column(index, manifest.schema.field(index), pa.array(values))
+    with space.lock():
+        space.write_manifest(manifest)
+    report = synthesize(space, SynthesizeOptions(target="uniform", by="gender", max_synthetic_share=0.8))
+    made = space.manifest().to_pandas()
+    made = made[made["is_synthetic"].fillna(False).astype(bool)]
+    per_cell = made.groupby(["label", "gender"]).size().to_dict()
+    assert per_cell == {(row.label, row.group): sum(row.new.values()) for row in report.plan.classes
+                        if sum(row.new.values())}
+    parents = space.manifest().to_pandas().set_index("id").loc[made["parent_id"], "gender"].to_numpy()
+    assert (parents == made["gender"].to_numpy()).all()

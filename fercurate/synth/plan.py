@@ -9,34 +9,47 @@ Targets: ``uniform`` (every class as large as the largest), ``uniform:N`` (every
 larger ones subsampled), ``min:N`` (every class at least N, larger ones kept whole), ``cap:N`` (every
 class as large as the largest but at most N: larger ones subsampled), ``label=share,...`` (these
 proportions among the named classes, no named class subsampled; unnamed classes unchanged).
+
+By group (``by="gender"`` or ``"age_group"``): the classes are the label x value cells of that column
+(e.g. ``disgust x female``), so a target such as ``min:300`` raises every thin cell, not only every
+thin label; faces whose value is ``unknown`` are in no cell: never dropped, never parents. A synthetic
+face inherits its parent's demographic values, so it lands in the cell it was made for.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 
 from fercurate.errors import OptionError
-from fercurate.schema import CANONICAL_LABELS
+from fercurate.schema import CANONICAL_LABELS, UNKNOWN
 from fercurate.splits import SplitOptions
 from fercurate.workspace import Workspace
 
 Method = Literal["augment"]
+GroupColumn = Literal["gender", "age_group"]
+GROUP_COLUMNS: tuple[str, ...] = get_args(GroupColumn)
 TARGET_HELP = "uniform, uniform:N, min:N, cap:N or label=share,... (e.g. disgust=1,happiness=1)"
 
 
 @dataclass
 class ClassPlan:
-    """One class of the plan."""
+    """One class of the plan: a label, or a label x group cell when the plan is ``by`` a demographic
+    column (``group`` is then that column's value)."""
 
     label: str
     real: int
     target: int
     new: dict[str, int]
     dropped: int
+    group: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label if self.group is None else f"{self.label} x {self.group}"
 
     @property
     def synthetic_share(self) -> float:
@@ -55,20 +68,22 @@ class RebalancePlan:
     classes: list[ClassPlan]
     drop_ids: list[str] = field(default_factory=list)
     train: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+    by: GroupColumn | None = None
+    outside_cells: int = 0  # with ``by``: training faces whose value is unknown
 
     @property
     def total_new(self) -> int:
         return sum(sum(row.new.values()) for row in self.classes)
 
     def new_per_class(self, method: str) -> dict[str, int]:
-        return {row.label: row.new.get(method, 0) for row in self.classes}
+        return {row.name: row.new.get(method, 0) for row in self.classes}
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "methods": list(self.methods), "max_synthetic_share": self.max_synthetic_share,
-                "total_new": self.total_new, "dropped": len(self.drop_ids),
-                "classes": [{"label": row.label, "real": row.real, "dropped": row.dropped, "target": row.target,
-                             "new": row.new, "synthetic_share": round(row.synthetic_share, 4)}
-                            for row in self.classes]}
+                "by": self.by, "outside_cells": self.outside_cells, "total_new": self.total_new, "dropped": len(self.drop_ids),
+                "classes": [{"label": row.label, **({"group": row.group} if self.by else {}), "real": row.real,
+                             "dropped": row.dropped, "target": row.target, "new": row.new,
+                             "synthetic_share": round(row.synthetic_share, 4)} for row in self.classes]}
 
 
 def parse_target(target: str) -> tuple[str, int | dict[str, float] | None]:
@@ -116,41 +131,67 @@ def class_targets(real: pd.Series, target: str) -> pd.Series:
     return targets
 
 
+def _cells(train: pd.DataFrame, by: GroupColumn | None) -> tuple[pd.Series, dict[str, tuple[str, str | None]]]:
+    """Each training row's cell name (NaN for rows in no cell) and the cells in canonical order:
+    labels, or label x value of ``by`` for known values (a face of unknown gender is in no cell)."""
+    if by is None:
+        order = [label for label in CANONICAL_LABELS if label in set(train["label"])]
+        return train["label"], {label: (label, None) for label in order}
+    if by not in GROUP_COLUMNS:
+        raise OptionError(f"--by {by!r} is not a demographic column the plan can balance", f"use {' or '.join(GROUP_COLUMNS)}")
+    known = train[by].notna() & (train[by] != UNKNOWN)
+    if not known.any():
+        raise OptionError(f"no training row has a known {by}",
+                          "run `fercurate audit --estimate gender,age_group`, or give a sidecar with --demographics")
+    pairs = sorted({(label, value) for label, value in zip(train.loc[known, "label"], train.loc[known, by])},
+                   key=lambda pair: (CANONICAL_LABELS.index(pair[0]), str(pair[1])))
+    cells = {f"{label} x {value}": (label, value) for label, value in pairs}
+    return (train["label"] + " x " + train[by].astype(str)).where(known), cells
+
+
 def plan_from_counts(train: pd.DataFrame, *, target: str, methods: tuple[str, ...] = ("augment",),
-                     max_synthetic_share: float = 0.5, seed: int = 0) -> RebalancePlan:
-    """The plan for real training rows ``train`` (columns ``id``, ``label``)."""
+                     max_synthetic_share: float = 0.5, seed: int = 0, by: GroupColumn | None = None) -> RebalancePlan:
+    """The plan for real training rows ``train`` (columns ``id``, ``label``, and ``by``'s column when
+    given). With ``by``, the classes are label x value cells of that column (faces whose value is
+    unknown are neither dropped nor parents), and the target applies to cells."""
     if not 0 <= max_synthetic_share < 1:
         raise OptionError(f"--max-synthetic-share {max_synthetic_share} is outside [0, 1)", "give e.g. 0.5")
     if not methods:
         raise OptionError("no synthesis method given", "give --method augment")
     if train.empty:
         raise OptionError("the workspace has no real training rows to rebalance", "ingest a dataset first")
-    real = train["label"].value_counts().reindex([c for c in CANONICAL_LABELS if c in set(train["label"])])
+    kind, _ = parse_target(target)
+    if by is not None and kind == "shares":
+        raise OptionError(f"--target {target} gives shares of labels, which --by {by} cannot split into cells",
+                          "with --by use uniform, uniform:N, min:N or cap:N")
+    cell_of, cells = _cells(train, by)
+    real = cell_of.value_counts().reindex(list(cells))
     targets = class_targets(real, target)
     kept = np.minimum(real, targets)
     new = targets - kept
     reachable = np.floor(kept / (1 - max_synthetic_share) + 1e-9).astype(int)
     short = targets > reachable
     if short.any():
-        kind, _ = parse_target(target)
-        worst = ", ".join(f"{label} ({int(real[label])} real -> at most {int(reachable[label])})" for label in real.index[short])
+        worst = ", ".join(f"{name} ({int(real[name])} real -> at most {int(reachable[name])})" for name in real.index[short])
         best = f"uniform:{int(reachable.min())}" if kind != "shares" else "smaller shares for those classes"
         raise OptionError(f"--target {target} cannot be met with at most {max_synthetic_share:.0%} synthetic faces "
                           f"per class: {worst}",
                           f"the largest reachable uniform target is {best}; or raise --max-synthetic-share")
     drop_ids: list[str] = []
-    for label in real.index[real > targets]:  # a seeded order per class: a smaller target drops a superset
-        ids = np.sort(train.loc[train["label"] == label, "id"].to_numpy())
-        order = np.random.default_rng([seed, CANONICAL_LABELS.index(label)]).permutation(len(ids))
-        drop_ids += sorted(ids[order[: int(real[label] - targets[label])]].tolist())
+    for position, name in enumerate(real.index):  # a seeded order per cell: a smaller target drops a superset
+        if real[name] <= targets[name]:
+            continue
+        ids = np.sort(train.loc[cell_of == name, "id"].to_numpy())
+        order = np.random.default_rng([seed, CANONICAL_LABELS.index(cells[name][0]), position]).permutation(len(ids))
+        drop_ids += sorted(ids[order[: int(real[name] - targets[name])]].tolist())
     classes = []
-    for label in real.index:
-        shares = np.full(len(methods), int(new[label]) // len(methods))
-        shares[: int(new[label]) % len(methods)] += 1
-        classes.append(ClassPlan(label, int(real[label]), int(targets[label]),
-                                 dict(zip(methods, map(int, shares))), int(real[label] - kept[label])))
+    for name, (label, group) in cells.items():
+        shares = np.full(len(methods), int(new[name]) // len(methods))
+        shares[: int(new[name]) % len(methods)] += 1
+        classes.append(ClassPlan(label, int(real[name]), int(targets[name]), dict(zip(methods, map(int, shares))),
+                                 int(real[name] - kept[name]), group))
     return RebalancePlan(target, tuple(methods), max_synthetic_share, classes, drop_ids,
-                         train.reset_index(drop=True))
+                         train.reset_index(drop=True), by, int(cell_of.isna().sum()))
 
 
 def training_rows(workspace: Workspace, split: SplitOptions | None = None) -> pd.DataFrame:
@@ -162,8 +203,10 @@ def training_rows(workspace: Workspace, split: SplitOptions | None = None) -> pd
 
 
 def plan_rebalance(workspace: Workspace, *, target: str, methods: tuple[str, ...] = ("augment",),
-                   max_synthetic_share: float = 0.5, split: SplitOptions | None = None) -> RebalancePlan:
-    """The rebalance plan for the workspace's training split (as ``fercurate export`` splits it)."""
+                   max_synthetic_share: float = 0.5, split: SplitOptions | None = None,
+                   by: GroupColumn | None = None) -> RebalancePlan:
+    """The rebalance plan for the workspace's training split (as ``fercurate export`` splits it),
+    per label or, ``by`` a demographic column, per label x value cell."""
     split = split or SplitOptions()
     return plan_from_counts(training_rows(workspace, split), target=target, methods=methods,
-                            max_synthetic_share=max_synthetic_share, seed=split.seed)
+                            max_synthetic_share=max_synthetic_share, seed=split.seed, by=by)

@@ -48,7 +48,7 @@ from fercurate.splits import REBALANCE_DROP_FLAG, SplitOptions
 from fercurate.synth.augment import Strength, augment_faces, face_seed
 from fercurate.synth.filter import FilterOptions, phashes, score, thumbnails
 from fercurate.synth.occluders import OCCLUDERS
-from fercurate.synth.plan import Method, RebalancePlan, parse_target, plan_from_counts, training_rows
+from fercurate.synth.plan import GroupColumn, Method, RebalancePlan, parse_target, plan_from_counts, training_rows
 from fercurate.synth.rows import derived_row, store_image
 from fercurate.workspace import Workspace
 
@@ -74,6 +74,7 @@ class SynthesizeOptions(BaseModel):
     methods: tuple[Method, ...] = ("augment",)
     occluders: tuple[str, ...] = TRAIN_OCCLUDERS
     max_synthetic_share: float = Field(0.5, ge=0, lt=1)
+    by: GroupColumn | None = Field(None, description="balance label x value cells of this column, not labels")
     strength: Strength = "default"
     seed: int = Field(0, ge=0)
     retries: int = Field(3, ge=0, le=10, description="extra rounds for faces the filter rejected")
@@ -142,10 +143,13 @@ def _derive(images: Sequence[np.ndarray], points: Sequence[np.ndarray | None], j
 
 
 def _jobs(parents: pd.DataFrame, label: str, start: int, count: int, occluders: Sequence[str], seed: int,
-          namespace: str) -> pd.DataFrame:
-    """Variants ``start .. start+count-1`` of a class: parents in a seeded order, cycling, each
-    cycle with the next occluder."""
-    members = np.flatnonzero(parents["label"].to_numpy() == label)
+          namespace: str, group: tuple[str, str | None] | None = None) -> pd.DataFrame:
+    """Variants ``start .. start+count-1`` of a class (or of a label x ``(column, value)`` cell):
+    parents in a seeded order, cycling, each cycle with the next occluder."""
+    chosen = parents["label"].to_numpy() == label
+    if group is not None:
+        chosen &= parents[group[0]].to_numpy() == group[1]
+    members = np.flatnonzero(chosen)
     members = members[np.argsort(parents["id"].to_numpy()[members])]
     order = members[np.random.default_rng([seed, len(members)]).permutation(len(members))]
     variant = np.arange(start, start + count)
@@ -168,7 +172,8 @@ def synthesize(workspace: Workspace, options: SynthesizeOptions | None = None, *
     with workspace.lock():
         train = training_rows(workspace, options.split)
         plan = plan_from_counts(train, target=options.target, methods=options.methods,
-                                max_synthetic_share=options.max_synthetic_share, seed=options.split.seed)
+                                max_synthetic_share=options.max_synthetic_share, seed=options.split.seed,
+                                by=options.by)
         report = SynthesizeReport(plan, dry_run=options.dry_run)
         if options.dry_run:
             report.seconds = time.perf_counter() - started
@@ -186,7 +191,8 @@ def synthesize(workspace: Workspace, options: SynthesizeOptions | None = None, *
             for _ in range(options.retries + 1):
                 if wanted <= 0:
                     break
-                jobs = _jobs(train, entry.label, start, wanted, options.occluders, options.seed, "augment")
+                jobs = _jobs(train, entry.label, start, wanted, options.occluders, options.seed, "augment",
+                             group=None if plan.by is None else (plan.by, entry.group))
                 start += wanted
                 existing = np.array([job_id in present for job_id in jobs["id"]], bool)
                 report.already_present += int(existing.sum())
