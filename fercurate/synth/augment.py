@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from fercurate.atomic import atomic_path
-from fercurate.synth.occluders import OCCLUDERS, occlusion_pipeline
+from fercurate.synth.occluders import OCCLUDERS, occlusion_pipeline, placement_for
 
 Strength = Literal["light", "default"]
 _CHUNK = 2048  # faces per task of the process pool
@@ -54,12 +54,13 @@ def augment_faces(images: Sequence[np.ndarray], occluders: Sequence[str], seeds:
                   workers: int | None = None,
                   progress: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], list[str]]:
     """Each image through its occluder's pipeline with its seed; returns the faces and the
-    placement used for each (``landmarks`` or ``canonical``). Large batches are shared among
+    placement used for each (``landmarks``, ``detected`` or ``canonical``: see
+    :func:`~fercurate.synth.occluders.placement_for`). Large batches are shared among
     ``workers`` processes (default: one per CPU); faces do not depend on how they are shared."""
     images, occluders, seeds = list(images), list(occluders), list(seeds)
     count = len(images)
     points = list(landmarks) if landmarks is not None else [None] * count
-    placements = ["landmarks" if p is not None and np.asarray(p).size == 136 else "canonical" for p in points]
+    placements: list[str] = [placement_for(p) for p in points]
     workers = workers or min(os.cpu_count() or 1, -(-count // _CHUNK))
     chunks = [slice(start, start + _CHUNK) for start in range(0, count, _CHUNK)]
     faces: list[np.ndarray] = []

@@ -6,11 +6,15 @@ composes in anyone's ``A.Compose`` and is seeded by albumentations' own seeding
 gives the same pixels. Shapes are drawn procedurally with OpenCV (polygons, ellipses, a random
 shade, a little noise texture, a small angle); no image assets.
 
-Placement comes from a :class:`FaceGeometry`: from 68-point (iBUG/CK+) landmarks when the call passes
-``face_landmarks=`` (an ``(68, 2)`` array in pixels), else from the canonical geometry of FER2013's
-roughly aligned crops (STACK.md, measured on 2,000 FER2013 faces: eyes at x ~0.31 and ~0.68, y ~0.375
-of the side; mouth y ~0.79; nose tip placed midway at ~0.58), scaled to the image. The placement used is
-returned by :meth:`FaceOccluder.placement` and recorded in each synthetic row's recipe.
+Placement comes from a :class:`FaceGeometry`, in three tiers (:func:`placement_for` is the one rule):
+from 68-point (iBUG/CK+) landmarks when the call passes ``face_landmarks=`` as a ``(68, 2)`` array in
+pixels (``"landmarks"``); from dlib's 5 points found on the image by the audit
+(:mod:`fercurate.audit.faces`) when it passes a ``(5, 2)`` array (``"detected"``: eyes and nose
+measured, mouth, brows, chin and face width estimated from the eye distance with FER2013's average
+proportions); else from the canonical geometry of FER2013's roughly aligned crops (STACK.md,
+measured on 2,000 FER2013 faces: eyes at x ~0.31 and ~0.68, y ~0.375 of the side; mouth y ~0.79; nose
+tip placed midway at ~0.58), scaled to the image (``"canonical"``). The placement used is returned
+with the occluder's parameters and recorded in each synthetic row's recipe.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ from pydantic import Field
 #: Canonical geometry of FER2013 crops, as fractions of width (x) and height (y).
 CANONICAL = {"left_eye": (0.31, 0.375), "right_eye": (0.68, 0.375), "nose": (0.5, 0.58),
              "mouth": (0.5, 0.79), "brow_y": 0.27, "chin_y": 0.97, "face_x": (0.1, 0.9)}
-Placement = Literal["landmarks", "canonical"]
+Placement = Literal["landmarks", "detected", "canonical"]
+#: dlib's 5-point layout (``shape_predictor_5_face_landmarks``): the image-right eye's outer and
+#: inner corner, the image-left eye's outer and inner corner, the bottom of the nose.
+FIVE_POINT_RIGHT_EYE, FIVE_POINT_LEFT_EYE, FIVE_POINT_NOSE = slice(0, 2), slice(2, 4), 4
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,36 @@ class FaceGeometry:
                    centre(slice(48, 68)), float(points[17:27, 1].mean()), float(points[8, 1]),
                    (float(points[0:17, 0].min()), float(points[0:17, 0].max())), "landmarks")
 
+    @classmethod
+    def from_five_points(cls, points: np.ndarray) -> FaceGeometry:
+        """From dlib's 5 points (see :data:`FIVE_POINT_RIGHT_EYE`): eye centres are the means of their
+        corners and the nose is the nose bottom, as measured; the mouth (below the nose), brows, chin
+        and face width are placed from the eye centres at FER2013's average proportions (the
+        :data:`CANONICAL` table, in units of the eye distance). Image axes are kept, as with 68
+        points: the occluders turn their shapes by the eyes' roll themselves."""
+        points = np.asarray(points, dtype=np.float64).reshape(5, 2)
+        left = points[FIVE_POINT_LEFT_EYE].mean(axis=0)
+        right = points[FIVE_POINT_RIGHT_EYE].mean(axis=0)
+        if left[0] > right[0]:  # a mirrored order: keep "left" the image-left eye
+            left, right = right, left
+        nose = points[FIVE_POINT_NOSE]
+        distance = float(np.hypot(*(right - left)))
+        eye_y = float(left[1] + right[1]) / 2
+        centre_x = float(left[0] + right[0]) / 2
+        (lx, ly), (rx, _) = CANONICAL["left_eye"], CANONICAL["right_eye"]
+        unit = rx - lx  # canonical eye distance (the crops are square, so x and y fractions compare)
+
+        def below_eyes(y: float) -> float:
+            return eye_y + (y - ly) / unit * distance
+        mouth_y = max(below_eyes(CANONICAL["mouth"][1]), float(nose[1]) + 0.25 * distance)
+        face_left, face_right = CANONICAL["face_x"]
+        face_centre = (lx + rx) / 2
+        return cls((float(left[0]), float(left[1])), (float(right[0]), float(right[1])),
+                   (float(nose[0]), float(nose[1])), (float(nose[0]), mouth_y),
+                   below_eyes(CANONICAL["brow_y"]), max(below_eyes(CANONICAL["chin_y"]), mouth_y + 0.3 * distance),
+                   (centre_x + (face_left - face_centre) / unit * distance,
+                    centre_x + (face_right - face_centre) / unit * distance), "detected")
+
     @property
     def eye_distance(self) -> float:
         return float(np.hypot(self.right_eye[0] - self.left_eye[0], self.right_eye[1] - self.left_eye[1]))
@@ -77,10 +114,24 @@ class FaceGeometry:
         return float(np.degrees(np.arctan2(self.right_eye[1] - self.left_eye[1], self.right_eye[0] - self.left_eye[0])))
 
 
+def placement_for(landmarks: np.ndarray | None) -> Placement:
+    """Which geometry a face's stored points give: ``landmarks`` for 68 points, ``detected`` for 5,
+    ``canonical`` for none (or anything else, or points that are not all finite)."""
+    if landmarks is None:
+        return "canonical"
+    points = np.asarray(landmarks, dtype=np.float64)
+    if not np.isfinite(points).all():
+        return "canonical"
+    return {136: "landmarks", 10: "detected"}.get(points.size, "canonical")
+
+
 def geometry_for(image: np.ndarray, landmarks: np.ndarray | None) -> FaceGeometry:
-    """Landmark geometry when 68 points are given, else the canonical one."""
-    if landmarks is not None and np.asarray(landmarks).size == 136:
+    """The geometry :func:`placement_for` picks: from 68 points, from 5 points, else canonical."""
+    placement = placement_for(landmarks)
+    if placement == "landmarks":
         return FaceGeometry.from_landmarks(np.asarray(landmarks))
+    if placement == "detected":
+        return FaceGeometry.from_five_points(np.asarray(landmarks))
     return FaceGeometry.canonical(*image.shape[:2])
 
 
