@@ -3,7 +3,8 @@
 Demographics are reported as recorded: ``unknown`` is a value with its own count and share, and
 every value is broken down by where it came from (dataset metadata, a user sidecar, an
 estimator). A user's sidecar CSV (``id`` plus any of gender, age_group, ethnicity) is joined by
-id with :func:`attach_demographics`.
+id with :func:`attach_demographics`. :func:`synthetic_share` counts the synthetic rows per split and
+class, split the way ``fercurate export`` will split them.
 """
 
 from __future__ import annotations
@@ -11,17 +12,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from fercurate.errors import AuditError
 from fercurate.schema import CANONICAL_LABELS, DEMOGRAPHIC_COLUMNS, UNKNOWN
+from fercurate.splits import SPLITS, SplitOptions, assign_splits, leakage_groups
 
 SPLIT_COLUMN = "split_used"
 #: A label x demographic cell with fewer faces than this (in a split) is flagged as thin.
 THIN_CELL = 20
 #: The demographic columns crossed with the label (ethnicity is too rarely known to cross).
 CROSSED_COLUMNS = ("gender", "age_group")
+#: Per crossed column, the audit row column naming the thin cell a face is in (None when its cell is not thin).
+THIN_CELL_COLUMNS: dict[str, str] = {column: f"thin_cell_{column}" for column in CROSSED_COLUMNS}
+#: The split of rows that export's split assignment leaves out (leaking duplicates, synthetic rows of test parents).
+EXCLUDED_SPLIT = "(excluded)"
+#: The label of the per-split totals in :func:`synthetic_share`.
+ALL_LABELS = "(all)"
 
 
 def split_of(rows: pd.DataFrame) -> pd.Series:
@@ -53,9 +62,11 @@ def balance_tables(rows: pd.DataFrame) -> dict[str, Any]:
             "unknown_share": round(float((rows[column] == UNKNOWN).mean()), 4) if len(rows) else 0.0,
             "values": counts.rename(columns={f"{column}_source": "source"}).to_dict("records"),
         }
+    cells = {column: demographic_cells(rows, column) for column in CROSSED_COLUMNS}
     return {
         "rows": len(rows),
-        "demographic_cells": {column: demographic_cells(rows, column) for column in CROSSED_COLUMNS},
+        "demographic_cells": cells,
+        "thin_cells": thin_cell_columns(rows, cells),
         "per_split": per_split,
         "shares": shares,
         "imbalance_ratio": imbalance,
@@ -83,6 +94,49 @@ def demographic_cells(rows: pd.DataFrame, column: str, thin_below: int = THIN_CE
     cells["estimated_share"] = (cells["estimated"] / cells["rows"].where(cells["rows"] > 0)).fillna(0).round(4)
     cells["thin"] = (cells["value"] != UNKNOWN) & (cells["rows"] < thin_below)
     return cells.drop(columns="estimated")
+
+
+def thin_cell_columns(rows: pd.DataFrame, cells: dict[str, pd.DataFrame]) -> dict[str, list[str | None]]:
+    """Per row, the thin cell of each crossed column it sits in (``<label> x <value> (<split>)``, e.g.
+    ``fear x female (train)``), or None: one audit column per crossed column (see
+    :data:`THIN_CELL_COLUMNS`), so FiftyOne can filter the faces of each thin cell."""
+    split = (split_of(rows) if SPLIT_COLUMN not in rows else rows[SPLIT_COLUMN]).tolist()
+    columns: dict[str, list[str | None]] = {}
+    for column, table in cells.items():
+        thin = table[table["thin"]]
+        names = {(cell.split, cell.label, cell.value): f"{cell.label} x {cell.value} ({cell.split})"
+                 for cell in thin.itertuples()}
+        columns[THIN_CELL_COLUMNS[column]] = [names.get(key) for key in zip(split, rows["label"], rows[column])]
+    return columns
+
+
+def synthetic_share(rows: pd.DataFrame, near_group: np.ndarray | None = None,
+                    options: SplitOptions | None = None) -> pd.DataFrame:
+    """Rows, synthetic rows (``is_synthetic``) and the synthetic share per split x label, plus each
+    split's total (label ``(all)``), in the splits ``fercurate export`` assigns: the same leakage
+    groups (subjects, identical pixels, the audit's ``near_group``, parent links) and split options.
+    Rows that assignment leaves out are counted under the split ``(excluded)``."""
+    assignment = assign_splits(rows, leakage_groups(rows, near_group), options)
+    frame = pd.DataFrame({"split": pd.Series(assignment.split, dtype=object).fillna(EXCLUDED_SPLIT).to_numpy(),
+                          "label": rows["label"].to_numpy(),
+                          "synthetic": rows["is_synthetic"].astype(bool).to_numpy()})
+    splits = [name for name in (*SPLITS, EXCLUDED_SPLIT) if name in set(frame["split"])]
+    labels = [label for label in CANONICAL_LABELS if label in set(frame["label"])]
+    index = pd.MultiIndex.from_product([splits, [*labels, ALL_LABELS]], names=["split", "label"])
+    counts = pd.concat([frame, frame.assign(label=ALL_LABELS)]).groupby(["split", "label"])["synthetic"].agg(
+        rows="size", synthetic="sum")
+    table = counts.reindex(index, fill_value=0).astype(int).reset_index()
+    table["synthetic_share"] = (table["synthetic"] / table["rows"].where(table["rows"] > 0)).fillna(0.0).round(4)
+    return table
+
+
+def synthetic_share_grid(table: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`synthetic_share` table as labels x splits, each cell ``synthetic/rows (share)``, for
+    the report and the CLI."""
+    cells = table.assign(cell=[f"{synthetic}/{rows} ({share:.1%})" for synthetic, rows, share
+                               in zip(table["synthetic"], table["rows"], table["synthetic_share"])])
+    grid = cells.pivot(index="label", columns="split", values="cell")
+    return grid.reindex(index=list(dict.fromkeys(table["label"])), columns=list(dict.fromkeys(table["split"])))
 
 
 def attach_demographics(manifest: pa.Table, sidecar: Path) -> tuple[pa.Table, dict[str, int]]:

@@ -4,7 +4,9 @@ FiftyOne is fercurate's audit UI. :func:`sync_to_fiftyone` mirrors a workspace (
 per-row results and optional embeddings) into a persistent FiftyOne dataset, one sample per
 manifest row, with tags and saved views that take a reviewer straight to the problems: near
 duplicates across splits, likely mislabelled faces, conflicting duplicate labels, faces not found,
-synthetic rows. :func:`sync_audit_to_fiftyone` does it with the workspace's latest audit, and
+synthetic rows with their provenance, each derived face beside the real face it was made from
+(families: see :func:`families`), and the faces of thin demographic cells.
+:func:`sync_audit_to_fiftyone` does it with the workspace's latest audit, and
 :func:`export_fiftyone_dataset` writes exported rows as a FiftyOne dataset folder.
 
 FiftyOne is imported only inside functions, after :mod:`fercurate.audit.fiftyone_database` has
@@ -18,7 +20,8 @@ import contextlib
 import hashlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,8 +30,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fercurate.audit.fiftyone_database import dataset_name, prepare_fiftyone_database, workspace_database_dir
-from fercurate.audit.review import apply_reviews, decisions_from_dataset, read_reviews, record_decisions
+from fercurate.audit.balance import THIN_CELL, THIN_CELL_COLUMNS
+from fercurate.audit.fiftyone_database import (
+    dataset_name,
+    prepare_fiftyone_database,
+    workspace_database_dir,
+)
+from fercurate.audit.review import (
+    apply_reviews,
+    decisions_from_dataset,
+    read_reviews,
+    record_decisions,
+)
 from fercurate.errors import FiftyOneError
 from fercurate.schema import ROW_SCHEMA
 from fercurate.workspace import Workspace
@@ -55,6 +68,7 @@ AUDIT_COLUMNS: dict[str, pa.DataType] = {
     "label_issue": pa.bool_(),
     "label_quality": pa.float64(),
     "predicted_label": pa.string(),
+    **{column: pa.string() for column in THIN_CELL_COLUMNS.values()},
 }
 #: Audit group columns use -1 for "no group"; FiftyOne gets None so the App can filter on it.
 _NO_GROUP_COLUMNS = ("exact_group", "near_group")
@@ -70,31 +84,87 @@ AUDIT_TAGS: dict[str, tuple[str, bool]] = {
 }
 
 
+#: Family fields, derived from ``parent_id`` (see :func:`families`): the real face a row derives from
+#: (its own id for a real face), its place in that family (0 for the real face) and the family's size.
+FAMILY_FIELD = "family"
+FAMILY_RANK_FIELD = "family_rank"
+FAMILY_SIZE_FIELD = "family_size"
+_FAMILY_TYPES: dict[str, pa.DataType] = {FAMILY_FIELD: pa.string(), FAMILY_RANK_FIELD: pa.int64(),
+                                         FAMILY_SIZE_FIELD: pa.int64()}
+_ID_FIELD = "fercurate_id"  # `id` is FiftyOne's own sample id
+#: What the ``synthetic`` view shows of each face: who it is, where it came from, and the filter's scores.
+PROVENANCE_FIELDS = (_ID_FIELD, "ground_truth", "label", "source", FAMILY_FIELD, "parent_id", "generator", "seed",
+                     "recipe", "synthetic_label", "near_copy_hamming", "near_copy_distance", "judge_probability")
+
+
 @dataclass(frozen=True)
 class SavedView:
-    """A saved view of the synced dataset: the samples with ``tag``, ordered by ``sort_by``."""
+    """A saved view of the synced dataset: ``select`` builds it from the dataset."""
 
     name: str
-    tag: str
-    sort_by: tuple[str, ...]
     description: str
+    select: Callable[[Any], Any]
 
 
+def _tagged(tag: str, sort_by: tuple[str, ...] = (), fields: tuple[str, ...] = ()) -> Callable[[Any], Any]:
+    """A view builder: the samples with ``tag``, ordered by ``sort_by`` (then by id, so the order is
+    the same on every load), showing only ``fields`` (besides FiftyOne's own) when given."""
+
+    def select(dataset: fo.Dataset) -> Any:
+        view = dataset.match_tags(tag)
+        if sort_by:
+            view = view.sort_by([(field, 1) for field in (*sort_by, _ID_FIELD)])
+        return view.select_fields(list(fields)) if fields else view
+
+    return select
+
+
+def _families_with_derived_faces(dataset: fo.Dataset) -> Any:
+    """Every family with a derived face, as a dynamic group per family with the real face first."""
+    from fiftyone import ViewField
+
+    return dataset.match(ViewField(FAMILY_SIZE_FIELD) > 1).group_by(
+        FAMILY_FIELD, order_by=FAMILY_RANK_FIELD, order_by_key=0, create_index=True)
+
+
+def _faces_in_thin_cells(dataset: fo.Dataset) -> Any:
+    """The faces in a thin label x demographic cell, ordered by cell."""
+    from fiftyone import ViewField
+
+    fields = list(THIN_CELL_COLUMNS.values())
+    in_a_thin_cell = ViewField(fields[0]).exists()
+    for field in fields[1:]:
+        in_a_thin_cell = in_a_thin_cell | ViewField(field).exists()
+    return dataset.match(in_a_thin_cell).sort_by([(field, 1) for field in (*fields, _ID_FIELD)])
+
+
+#: The views every sync saves, in this order.
 SAVED_VIEWS: tuple[SavedView, ...] = (
-    SavedView("near duplicates across splits", "near-duplicate-across-splits", ("near_group", "exact_group"),
-              "Exact or near duplicates that sit in different splits (leakage); grouped by duplicate group."),
-    SavedView("likely mislabelled", "likely-mislabelled", ("label_quality",),
-              "Rows whose label the audit doubts, least trustworthy label first."),
-    SavedView("conflicting duplicate labels", "conflicting-duplicate-labels", ("exact_group", "near_group"),
-              "Duplicates of one face that carry different labels; grouped by duplicate group."),
-    SavedView("no face detected", "no-face", (), "Rows where the face detector found no face."),
-    SavedView("synthetic", "synthetic", (), "Rows made by a generator or augmentation, not photographed."),
+    SavedView("near duplicates across splits",
+              "Exact or near duplicates that sit in different splits (leakage); grouped by duplicate group.",
+              _tagged("near-duplicate-across-splits", ("near_group", "exact_group"))),
+    SavedView("likely mislabelled", "Rows whose label the audit doubts, least trustworthy label first.",
+              _tagged("likely-mislabelled", ("label_quality",))),
+    SavedView("conflicting duplicate labels",
+              "Duplicates of one face that carry different labels; grouped by duplicate group.",
+              _tagged("conflicting-duplicate-labels", ("exact_group", "near_group"))),
+    SavedView("no face detected", "Rows where the face detector found no face.", _tagged("no-face")),
+    SavedView("synthetic", "Rows made by a generator or augmentation, not photographed, with their generator, "
+              "parent, seed, recipe and filter scores; by generator, least convincing (judge) first.",
+              _tagged("synthetic", ("generator", "judge_probability"), PROVENANCE_FIELDS)),
+    SavedView("synthetic with parents", "Every real face that has derived faces (synthetic training faces, "
+              "occluded test copies), grouped by family: the real face first, then the faces made from it.",
+              _families_with_derived_faces),
 )
+#: Saved only when the audit found thin demographic cells (see fercurate.audit.balance).
+THIN_CELLS_VIEW = SavedView(
+    "thin demographic cells", f"Faces in a label x gender or label x age-group cell with fewer than {THIN_CELL} "
+    f"faces in its split; filter {' or '.join(THIN_CELL_COLUMNS.values())} in the sidebar to see one cell.",
+    _faces_in_thin_cells)
 
 SIMILARITY_KEY = "similarity"
 UNIQUENESS_FIELD = "uniqueness"
 EMBEDDING_FIELD = "embedding"
-_ID_FIELD = "fercurate_id"  # `id` is FiftyOne's own sample id
 _WORKSPACE_INFO_KEY = "fercurate_workspace"
 _EMBEDDINGS_INFO_KEY = "fercurate_embeddings_sha1"
 _EXTRA_FIELDS_INFO_KEY = "fercurate_extra_audit_fields"
@@ -103,7 +173,7 @@ _EXTRA_FIELDS_INFO_KEY = "fercurate_extra_audit_fields"
 _MANIFEST_FIELDS = tuple(_ID_FIELD if name == "id" else name for name in ROW_SCHEMA.names if name != "filepath")
 #: Sample fields that FiftyOne owns or that sync derives: no audit column may use these names.
 _RESERVED_FIELDS = ("tags", "metadata", "media_type", "created_at", "last_modified_at", _ID_FIELD,
-                    "ground_truth", "prediction", EMBEDDING_FIELD, UNIQUENESS_FIELD)
+                    "ground_truth", "prediction", EMBEDDING_FIELD, UNIQUENESS_FIELD, *_FAMILY_TYPES)
 
 
 
@@ -118,7 +188,8 @@ def sync_to_fiftyone(
     One sample per manifest row: ``filepath`` is the image's absolute path, ``metadata`` its
     size, every schema column is a field (``id`` as ``fercurate_id``, since FiftyOne owns ``id``;
     ``label_votes`` and ``action_units`` as dicts; ``landmarks`` as a list of [x, y]), ``label``
-    is also the classification ``ground_truth``, and ``flags`` are also tags.
+    is also the classification ``ground_truth``, ``flags`` are also tags, and ``family``,
+    ``family_rank`` and ``family_size`` place each face in its family (see :func:`families`).
 
     ``audit_rows`` (keyed by ``id``) adds per-row audit results (see :data:`AUDIT_COLUMNS`; any
     may be absent, and their values win over the manifest's quality columns), the tags of
@@ -130,7 +201,8 @@ def sync_to_fiftyone(
     The dataset mirrors its inputs: a re-sync adds new rows, deletes removed ones, and updates
     only the fields that changed (matching samples by ``fercurate_id``); audit fields, embeddings
     and brain runs not given this time are cleared. Tags that reviewers add in the App are kept.
-    The saved views of :data:`SAVED_VIEWS` are (re)written every time.
+    The saved views of :data:`SAVED_VIEWS` are (re)written every time; :data:`THIN_CELLS_VIEW` while
+    the audit found thin demographic cells (and removed otherwise).
 
     The database is the workspace's own (``<workspace>/fiftyone-db``) unless the user set
     ``FIFTYONE_DATABASE_DIR`` or ``FIFTYONE_DATABASE_URI``.
@@ -210,7 +282,8 @@ def _open_dataset(fo: Any, name: str, workspace: Workspace) -> fo.Dataset:
 
 def _drop_extra_fields_not_given(dataset: fo.Dataset, types: dict[str, pa.DataType]) -> None:
     """Delete the fields that earlier syncs made from extra audit columns absent this time."""
-    extra = [name for name in types if name not in AUDIT_COLUMNS and name not in _MANIFEST_FIELDS]
+    extra = [name for name in types
+             if name not in AUDIT_COLUMNS and name not in _MANIFEST_FIELDS and name not in _FAMILY_TYPES]
     for name in dataset.info.get(_EXTRA_FIELDS_INFO_KEY, []):
         if name not in extra and dataset.has_sample_field(name):
             dataset.delete_sample_field(name)
@@ -235,6 +308,9 @@ def _sample_columns(
         key = _ID_FIELD if field.name == "id" else field.name
         columns[key] = _python_values(manifest[field.name], field.type)
         types[key] = field.type
+    for name, values in zip(_FAMILY_TYPES, families(columns[_ID_FIELD], columns["parent_id"])):
+        columns[name] = values
+        types[name] = _FAMILY_TYPES[name]
     audit, audit_types = _aligned_audit(manifest, audit_rows)
     for column, values in audit.items():
         if column in _NO_GROUP_COLUMNS:
@@ -258,6 +334,30 @@ def _sample_columns(
     ]
     columns["metadata"] = list(zip(columns["width"], columns["height"], columns["channels"]))
     return columns, types
+
+
+def families(ids: Sequence[str], parent_ids: Sequence[str | None]) -> tuple[list[str], list[int], list[int]]:
+    """Per row: its family, its rank in the family, and the family's size.
+
+    A row's family is the id of the real face it derives from, following ``parent_id`` links (its
+    own id for a real face; the last id reached when a parent is no longer in the manifest). Rank 0
+    is the real face, then the derived faces by id, so a view grouped by family and ordered by rank
+    shows each real face first, then every face made from it.
+    """
+    parent_of = dict(zip(ids, parent_ids))
+    roots: list[str] = []
+    for row_id in ids:
+        seen = {row_id}
+        while parent_of.get(row_id) is not None and parent_of[row_id] not in seen:
+            row_id = parent_of[row_id]
+            seen.add(row_id)
+        roots.append(row_id)
+    order = sorted(range(len(ids)), key=lambda i: (roots[i], ids[i] != roots[i], ids[i]))
+    ranks = [0] * len(ids)
+    for previous, i in zip([None, *order], order):
+        ranks[i] = 0 if previous is None or roots[previous] != roots[i] else ranks[previous] + 1
+    sizes = Counter(roots)
+    return roots, ranks, [sizes[root] for root in roots]
 
 
 def _aligned_audit(
@@ -459,12 +559,15 @@ def _same(old: Any, new: Any) -> bool:
 
 
 def _save_views(dataset: fo.Dataset) -> None:
-    """(Re)write the saved views of :data:`SAVED_VIEWS`."""
+    """(Re)write the saved views of :data:`SAVED_VIEWS`, and :data:`THIN_CELLS_VIEW` while there are thin
+    cells (an earlier audit's view of them is removed when this one found none)."""
     for saved in SAVED_VIEWS:
-        view = dataset.match_tags(saved.tag)
-        if saved.sort_by:  # the id breaks ties, so the order is the same on every load
-            view = view.sort_by([(field, 1) for field in (*saved.sort_by, _ID_FIELD)])
-        dataset.save_view(saved.name, view, description=saved.description, overwrite=True)
+        dataset.save_view(saved.name, saved.select(dataset), description=saved.description, overwrite=True)
+    thin = THIN_CELLS_VIEW.select(dataset)
+    if len(thin):
+        dataset.save_view(THIN_CELLS_VIEW.name, thin, description=THIN_CELLS_VIEW.description, overwrite=True)
+    elif dataset.has_saved_view(THIN_CELLS_VIEW.name):
+        dataset.delete_saved_view(THIN_CELLS_VIEW.name)
 
 
 def _index_embeddings(dataset: fo.Dataset, embeddings: np.ndarray | None) -> None:

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from fercurate.audit.balance import ALL_LABELS, synthetic_share_grid
 from fercurate.audit.result import AuditResult
 
 if TYPE_CHECKING:
@@ -175,6 +176,15 @@ def _render(result: AuditResult, shown: pd.DataFrame, issues: pd.DataFrame, mark
     heading("Class balance")
     table(result.balance["per_split"].assign(imbalance_ratio=result.balance["imbalance_ratio"]))
     image("class_balance.png", "class balance per split")
+    heading("Synthetic share")
+    shares = result.balance["synthetic_share"]
+    synthetic = int(shares.loc[shares["label"] == ALL_LABELS, "synthetic"].sum())
+    if synthetic:
+        paragraph(f"{synthetic} synthetic images. Per class and split, splits as `fercurate export` assigns them: "
+                  "synthetic / images (share).")
+        table(synthetic_share_grid(shares))
+    else:
+        paragraph("No synthetic images.")
     if len(result.balance["per_subject"]):
         heading("Subjects")
         table(result.balance["per_subject"])

@@ -30,9 +30,11 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from fercurate.audit.age_gender import DEFAULT_MIN_CONFIDENCE, MODEL_NAME, EstimatedColumn, estimate_demographics
-from fercurate.audit.balance import attach_demographics, balance_tables, split_of
+from fercurate.audit.balance import attach_demographics, balance_tables, split_of, synthetic_share
 from fercurate.audit.duplicates import find_duplicates
 from fercurate.audit.estimators import estimate_demographic
+from fercurate.audit.faces import (DEFAULT_THRESHOLD, find_faces_in_files, missing_landmarks,
+                                   with_detected_landmarks)
 from fercurate.audit.label_noise import ferplus_agreement, find_label_issues, image_features
 from fercurate.audit.quality import QualityThresholds, measure_images, quality_flags
 from fercurate.audit.report import write_report
@@ -66,6 +68,11 @@ class AuditOptions(BaseModel):
     estimate_min_confidence: dict[EstimatedColumn, float] = Field(
         default_factory=dict, description="per column, the confidence in percent under which a value stays "
                                           f"unknown (defaults {DEFAULT_MIN_CONFIDENCE})")
+    landmarks: bool = Field(True, description="find each face's 5 landmark points with dlib (HOG detector + "
+                            "5-point model, offline) and store them where the manifest has none; the occluders "
+                            "of `synthesize` are then placed from them (placement 'detected')")
+    landmark_threshold: float = Field(DEFAULT_THRESHOLD, ge=-2, le=2, description="dlib HOG detector threshold on "
+                                      "tight crops (lower finds more faces, and more false ones)")
 
 
 def audit_workspace(workspace: Workspace, options: AuditOptions | None = None,
@@ -106,14 +113,29 @@ def audit_workspace(workspace: Workspace, options: AuditOptions | None = None,
 
         paths = [str(workspace.root / path) for path in rows["filepath"]]
         quality = measure_images(paths, options.thresholds, options.detect_faces,
-                                 progress=(lambda n: progress("quality", n, len(paths))) if progress else None)
+                                 progress=(lambda n: progress("quality", n, len(paths))) if progress else None,
+                                 face_progress=(lambda n: progress("faces", n, len(paths))) if progress else None)
         flags = quality_flags(quality, (rows["width"] * rows["height"]).to_numpy(), rows["source"].to_numpy(),
                               options.thresholds)
         lap("quality")
 
+        landmark_summary: dict[str, Any] = {"ran": False}
+        if options.landmarks:
+            todo = missing_landmarks(manifest)
+            if quality.faces is not None and options.thresholds.face_threshold <= options.landmark_threshold:
+                detections = quality.faces.select(todo, min_score=options.landmark_threshold)  # no second search
+            else:
+                detections = find_faces_in_files(
+                    [paths[i] for i in todo.tolist()], threshold=options.landmark_threshold,
+                    progress=(lambda n: progress("landmarks", n, len(todo))) if progress else None)
+            manifest, landmark_summary = with_detected_landmarks(manifest, todo, detections)
+            landmark_summary = {"ran": True, "threshold": options.landmark_threshold, **landmark_summary}
+            lap("landmarks")
+
         splits = split_of(rows)
         duplicates = find_duplicates(rows["id"].tolist(), rows["sha1"].tolist(), quality.phash,
                                      splits.tolist(), rows["label"].tolist(), options.near_duplicate_distance)
+        balance["synthetic_share"] = synthetic_share(rows, duplicates.near_group)
         lap("duplicates")
 
         embeddings = image_features(quality.thumbnails, options.embedding_dimensions, options.seed)
@@ -124,7 +146,7 @@ def audit_workspace(workspace: Workspace, options: AuditOptions | None = None,
             "phash": [f"{value:016x}" for value in quality.phash.tolist()],
             "exact_group": duplicates.exact_group, "near_group": duplicates.near_group,
             "duplicate_of": duplicates.duplicate_of, "cross_split_duplicate": duplicates.cross_split,
-            "conflicting_duplicate_labels": duplicates.conflicting_labels,
+            "conflicting_duplicate_labels": duplicates.conflicting_labels, **balance["thin_cells"],
         })
         noise_summary: dict[str, Any] = {"ran": False}
         if options.label_noise:
@@ -144,7 +166,7 @@ def audit_workspace(workspace: Workspace, options: AuditOptions | None = None,
 
         workspace.write_manifest(_with_quality_columns(manifest, audit_rows, options.detect_faces))
         result = _assemble(audit_rows, duplicates.groups, balance, embeddings, noise_summary,
-                           {"sidecar": sidecar, "estimated": estimated}, options)
+                           {"sidecar": sidecar, "estimated": estimated, "landmarks": landmark_summary}, options)
         result.seconds = seconds
         result.directory = _write_outputs(workspace, result)
         lap("write")
@@ -189,6 +211,7 @@ def _assemble(audit_rows: pd.DataFrame, groups: pd.DataFrame, balance: dict[str,
             "imbalance_ratio": balance["imbalance_ratio"].to_dict(),
             "demographics": balance["demographics"],
             "subjects": int(balance["per_subject"].shape[0]),
+            "synthetic_share": balance["synthetic_share"].to_dict("records"),
         },
         "quality": quality_counts,
         "duplicates": {
@@ -204,6 +227,7 @@ def _assemble(audit_rows: pd.DataFrame, groups: pd.DataFrame, balance: dict[str,
         "label_noise": noise,
         "demographics_sidecar": demographics["sidecar"],
         "demographics_estimated": demographics["estimated"],
+        "landmarks": demographics["landmarks"],
     }
     return AuditResult(audit_rows, groups, issues, balance, summary, embeddings)
 
