@@ -378,9 +378,9 @@ def run(
     workspace: WorkspaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run a pipeline from a YAML recipe: its steps (ingest, audit) in order on its workspace."""
+    """Run a pipeline from a YAML recipe: its steps (ingest, audit, synthesize, export, train, benchmark) in order."""
     from fercurate.audit.run import summary_json
-    from fercurate.recipes import IngestStep, load_recipe
+    from fercurate.recipes import AuditStep, IngestStep, load_recipe, run_step
     from fercurate.workspace import Workspace
 
     plan = load_recipe(recipe)
@@ -394,15 +394,38 @@ def run(
             outputs.append({"step": number, "kind": "ingest", **report.to_dict()})
             if not as_json:
                 _render_report(space, report)
-        else:
+        elif isinstance(step, AuditStep):
             result: AuditResult = _audit_with_progress(space, step.audit_options(), quiet=as_json)
             outputs.append({"step": number, "kind": "audit", **result.summary})
             if step.fiftyone:
                 _sync_fiftyone(space, open_app=False, address="127.0.0.1", port=5151, quiet=as_json)
             if not as_json:
                 _render_audit(result)
+        else:
+            with errors.status(f"step {number}: {step.kind}"):
+                done = run_step(step, space)
+            summary = _step_summary(step, done)
+            outputs.append({"step": number, "kind": step.kind, **summary})
+            if not as_json:
+                console.print(summary)
     if as_json:
         print(summary_json({"workspace": str(space.root), "steps": outputs}))
+
+
+def _step_summary(step: Any, done: Any) -> dict[str, Any]:
+    """What a synthesize, export, train or benchmark step of a recipe reports."""
+    if step.kind == "synthesize":
+        report = done.to_dict()
+        return {key: report[key] for key in ("added_total", "already_present", "rejected", "subsampled", "seconds")}
+    if step.kind == "export":
+        return {key: value for key, value in done.to_dict().items() if key in ("output", "rows", "excluded")}
+    if step.kind == "train":
+        test = done["test"] or {}
+        return {"output": str(step.output), "test_accuracy": test.get("accuracy"), "test_macro_f1": test.get("macro_f1")}
+    from fercurate.train.runs import benchmark_table
+
+    return {"output": str(step.output),
+            "accuracy": benchmark_table(done)[["training set", "test set", "accuracy"]].to_dict("records")}
 
 
 def _sync_fiftyone(space: Workspace, open_app: bool, address: str, port: int, quiet: bool) -> None:
