@@ -116,3 +116,19 @@ def test_benchmark_augmented_arm_face_aware_occlusion_and_intervals_over_seeds(t
     assert row["verdict"] in ("finding", "within noise")
     markdown = (tmp_path / "bench" / "benchmark.md").read_text()
     assert "occluded (face-aware)" in markdown and "a finding needs several seeds" in markdown
+
+
+def test_benchmark_refuses_bad_arms_and_seeds_before_training(workspace: Workspace, tmp_path: Path) -> None:
+    from fercurate.errors import TrainError
+    from fercurate.train.loop import TrainConfig
+    from fercurate.train.runs import BenchmarkConfig, run_benchmark
+
+    config = BenchmarkConfig(train=TrainConfig(model="tiny", epochs=1), arms=["original", "augmented"],
+                             train_source="demo")
+    with pytest.raises(TrainError, match="needs synthetic training rows") as error:
+        run_benchmark(workspace, config, tmp_path / "bench")
+    assert "fercurate synthesize" in error.value.fix and not (tmp_path / "bench" / "original").exists()
+    for bad in (["0", "0"], ["zero"], []):
+        result = CliRunner().invoke(app, ["benchmark", str(tmp_path / "b"), "-w", str(workspace.root),
+                                          "--seeds", ",".join(bad), "--train-source", "demo"])
+        assert result.exit_code == 2 and "seeds" in result.output, (bad, result.output)
