@@ -309,7 +309,8 @@ def compare_arms(report: dict[str, Any], *, level: float = 0.95) -> list[dict[st
 
 def benchmark_table(report: dict[str, Any]) -> pd.DataFrame:
     """One row per (arm, test set): the mean over seeds of accuracy, macro-F1, balanced accuracy,
-    ECE and recall per class (with the spread over seeds when there are several)."""
+    ECE and recall per class (with the spread over seeds when there are several); the demographic
+    gap columns are the first seed's (:func:`group_table` has every seed's groups)."""
     records = []
     for arm, facts in report["arms"].items():
         runs = list(facts["seeds"].values())
