@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,6 +42,15 @@ from fercurate.synth.run import SynthesizeOptions, SynthesizeReport, make_occlud
 from fercurate.train.loop import TrainConfig
 from fercurate.train.runs import BenchmarkConfig, run_benchmark, train_on_workspace
 from fercurate.workspace import IngestReport, Workspace
+
+
+Options = TypeVar("Options", bound=BaseModel)
+
+
+def library_options(step: BaseModel, model: type[Options]) -> Options:
+    """The library's own options ``model`` from a step that extends it: the step's own fields
+    (``kind``, ``output``, ...) are dropped."""
+    return model.model_validate(step.model_dump(include=set(model.model_fields)))
 
 
 class IngestStep(BaseModel):
@@ -67,7 +76,7 @@ class AuditStep(AuditOptions):
 
     def audit_options(self) -> AuditOptions:
         """The audit's own options, without the step's."""
-        return AuditOptions.model_validate(self.model_dump(exclude={"kind", "fiftyone"}))
+        return library_options(self, AuditOptions)
 
 
 class SynthesizeStep(SynthesizeOptions):
@@ -78,7 +87,7 @@ class SynthesizeStep(SynthesizeOptions):
     occluded_test: bool = False
 
     def synthesize_options(self) -> SynthesizeOptions:
-        return SynthesizeOptions.model_validate(self.model_dump(exclude={"kind", "occluded_test"}))
+        return library_options(self, SynthesizeOptions)
 
 
 class ExportStep(ExportOptions):
@@ -89,7 +98,7 @@ class ExportStep(ExportOptions):
     output: Path
 
     def export_options(self) -> ExportOptions:
-        return ExportOptions.model_validate(self.model_dump(exclude={"kind", "output"}))
+        return library_options(self, ExportOptions)
 
 
 class TrainStep(TrainConfig):
@@ -105,8 +114,7 @@ class TrainStep(TrainConfig):
     tta_flip: bool = False
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig.model_validate(self.model_dump(
-            exclude={"kind", "output", "split", "sources", "balance", "resume", "tta_flip"}))
+        return library_options(self, TrainConfig)
 
 
 class BenchmarkStep(BenchmarkConfig):
@@ -118,7 +126,7 @@ class BenchmarkStep(BenchmarkConfig):
     overwrite: bool = Field(False, description="replace an earlier benchmark in output (a folder with benchmark.json)")
 
     def benchmark_config(self) -> BenchmarkConfig:
-        return BenchmarkConfig.model_validate(self.model_dump(exclude={"kind", "output", "overwrite"}))
+        return library_options(self, BenchmarkConfig)
 
 
 #: Every step kind a recipe may use, in the order data flows.
