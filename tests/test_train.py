@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from fercurate.errors import TrainError
+from fercurate.errors import TrainError, WorkspaceError
 from fercurate.sources.demo import draw_demo_faces, open_demo
 from fercurate.train import (
     Augmentation,
@@ -100,7 +100,7 @@ def test_load_images_converts_colour_and_size_and_reports_missing_files(tmp_path
     assert images.shape == (2, 48, 48) and images.dtype == np.uint8
     assert images[0, :, :20].mean() == pytest.approx(76, abs=1) and images[0, :, 28:].max() == 0
     assert (images[1] == 7).all()
-    with pytest.raises(TrainError, match="1 image"):
+    with pytest.raises(WorkspaceError, match="1 image"):
         load_images(tmp_path, ["gray.png", "missing.png"])
 
 

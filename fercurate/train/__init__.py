@@ -22,6 +22,7 @@ augmentation), :mod:`~fercurate.train.loop` (training), :mod:`~fercurate.train.e
 
 from __future__ import annotations
 
+from fercurate.compute import load_images, resolve_device, seed_everything
 from fercurate.train.data import (
     Augmentation,
     BatchLoader,
@@ -29,7 +30,6 @@ from fercurate.train.data import (
     Normalization,
     augment_batch,
     build_label_map,
-    load_images,
     rows_in_classes,
     workspace_splits,
 )
@@ -50,8 +50,6 @@ from fercurate.train.loop import (
     TrainProgress,
     TrainResult,
     load_classifier,
-    resolve_device,
-    seed_everything,
     steps_within_budget,
     train,
     train_datasets,

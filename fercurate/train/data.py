@@ -16,13 +16,11 @@ saved in checkpoints, so a resumed run draws exactly the batches and augmentatio
 from __future__ import annotations
 
 import math
-import os
+
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -30,45 +28,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field, field_validator
 from torch.utils.data import Dataset
 
-from fercurate.errors import TrainError
+from fercurate.compute import SIDE, load_images
 from fercurate.export import ExportOptions, plan_export
 from fercurate.schema import CANONICAL_LABELS, LABEL_INDEX
 from fercurate.splits import SPLITS
 from fercurate.workspace import Workspace
-
-SIDE = 48
-
-
-def _read_gray(path: str) -> np.ndarray | None:
-    """One image as gray uint8 (SIDE, SIDE): colour converted by OpenCV, other sizes shrunk (or
-    grown) with INTER_AREA; None when it cannot be read."""
-    image = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-    if image is None or image.shape == (SIDE, SIDE):
-        return image
-    return cv2.resize(image, (SIDE, SIDE), interpolation=cv2.INTER_AREA)
-
-
-def load_images(root: str | Path, filepaths: Sequence[str], workers: int | None = None) -> np.ndarray:
-    """Decode the images at ``root / filepath`` into one uint8 array ``(N, 48, 48)``, in order.
-
-    Images that are not 48x48 gray (CK+, JAFFE, image folders) are converted to gray and resized
-    with ``cv2.INTER_AREA`` (whole frame, aspect ratio not kept). A missing or unreadable file is an
-    error, not a silent gap: the message counts them and names the first.
-    """
-    paths = [os.path.join(root, path) for path in filepaths]
-    images = np.empty((len(paths), SIDE, SIDE), dtype=np.uint8)
-    unreadable: list[str] = []
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for index, (path, image) in enumerate(zip(paths, pool.map(_read_gray, paths, chunksize=256))):
-            if image is None:
-                unreadable.append(path)
-            else:
-                images[index] = image
-    if unreadable:
-        raise TrainError(f"{len(unreadable)} image(s) missing or unreadable, first: {unreadable[0]}",
-                         "the workspace is incomplete: re-run the ingest of their source to restore them")
-    return images
-
 
 def workspace_splits(workspace: Workspace, options: ExportOptions | None = None) -> dict[str, pd.DataFrame]:
     """The workspace's rows per curated split (``train``, ``validation``, ``test``), exactly as

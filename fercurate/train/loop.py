@@ -44,6 +44,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from torch import nn
 
 from fercurate.atomic import atomic_path
+from fercurate.compute import autocast_dtype, resolve_device, seed_everything
 from fercurate.errors import TrainError
 from fercurate.options import ModelName, Optimizer, Schedule, parse_device
 
@@ -250,30 +251,6 @@ def steps_within_budget(seconds_left: float, seconds_per_step: float, seconds_pe
     return low
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> the first CUDA device if there is one, else the CPU; anything else as given
-    (see :func:`~fercurate.options.parse_device`), refused with :class:`TrainError` when this
-    machine has no such CUDA device, before any data is loaded."""
-    name = parse_device(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (device.index or 0) >= available:
-            raise TrainError(f"--device {name} asks for a CUDA GPU, but this machine has "
-                             + (f"only {available}" if available else "none (or PyTorch was built without CUDA)"),
-                             "use --device cpu, or auto to take a GPU only where there is one")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python's, numpy's and torch's global generators (CUDA's included)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 @contextmanager
 def _determinism(enabled: bool) -> Iterator[None]:
     """Deterministic kernels (or cuDNN autotuning when not) for the duration of training only."""
@@ -345,14 +322,8 @@ def _build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optim
 
 
 def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for float32: bfloat16 where supported (no loss scaling needed),
-    float16 on older GPUs."""
-    enabled = config.mixed_precision if config.mixed_precision is not None else device.type == "cuda"
-    if not enabled:
-        return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
+    """Autocast dtype (None: float32); mixed precision is on by default on CUDA only."""
+    return autocast_dtype(config.mixed_precision if config.mixed_precision is not None else device.type == "cuda", device)
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
