@@ -376,56 +376,68 @@ def _render_synthetic_share(records: list[dict[str, Any]]) -> None:
 def run(
     recipe: Annotated[Path, typer.Argument(help="A YAML recipe, e.g. recipes/quickstart.yaml.")],
     workspace: WorkspaceOption = None,
+    force: Annotated[Optional[list[str]], typer.Option(
+        "--force", metavar="STEP", help="Redo this step (its number from 1, or its kind: every step of that kind) "
+        "and every step after it, even if unchanged (repeatable).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Check the recipe and print the plan (run, skip, redo or resume each step, and why); "
+        "change nothing.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Run a pipeline from a YAML recipe: its steps (ingest, audit, synthesize, export, train, benchmark) in order."""
+    """Run a pipeline from a YAML recipe: its steps (ingest, audit, synthesize, export, train, benchmark) in order.
+
+    Each step is recorded in the workspace (recipe-runs/RECIPE.json); a re-run skips the steps whose
+    options and inputs did not change, redoes the rest, and resumes an interrupted training from its
+    checkpoint."""
     from fercurate.audit.run import summary_json
-    from fercurate.recipes import AuditStep, IngestStep, load_recipe, run_step
+    from fercurate.recipes import AuditStep, IngestStep, PlannedStep, StepOutcome, load_recipe, plan_recipe, run_recipe, run_step
     from fercurate.workspace import Workspace
 
     plan = load_recipe(recipe)
     space = Workspace(workspace or plan.workspace)
-    outputs = []
-    for number, step in enumerate(plan.steps, start=1):
-        if not as_json:
-            console.rule(f"step {number}: {step.kind}")
+    if dry_run:
+        steps = plan_recipe(plan, space, force or ())
+        if as_json:
+            print(json.dumps({"workspace": str(space.root), "dry_run": True,
+                              "steps": [step.to_dict() for step in steps]}, indent=2))
+            return
+        table = Table(title=f"{plan.name} on {space.root} (dry run: nothing was changed)", title_justify="left")
+        for column in ("step", "kind", "action", "why"):
+            table.add_column(column)
+        for step in steps:
+            table.add_row(str(step.number), step.kind, step.action, escape(step.reason))
+        console.print(table)
+        return
+
+    def execute(planned: PlannedStep, space: Workspace) -> Any:
+        step = planned.step
         if isinstance(step, IngestStep):
             report = _ingest_with_progress(space, step.reader(space), quiet=as_json)
-            outputs.append({"step": number, "kind": "ingest", **report.to_dict()})
             if not as_json:
                 _render_report(space, report)
-        elif isinstance(step, AuditStep):
-            result: AuditResult = _audit_with_progress(space, step.audit_options(), quiet=as_json)
-            outputs.append({"step": number, "kind": "audit", **result.summary})
+            return report
+        if isinstance(step, AuditStep):
+            result = _audit_with_progress(space, step.audit_options(), quiet=as_json)
             if step.fiftyone:
                 _sync_fiftyone(space, open_app=False, address="127.0.0.1", port=5151, quiet=as_json)
             if not as_json:
                 _render_audit(result)
-        else:
-            with errors.status(f"step {number}: {step.kind}"):
-                done = run_step(step, space)
-            summary = _step_summary(step, done)
-            outputs.append({"step": number, "kind": step.kind, **summary})
-            if not as_json:
-                console.print(summary)
+            return result
+        with errors.status(f"step {planned.number}: {step.kind}"):
+            return run_step(step, space)
+
+    def starting(planned: PlannedStep) -> None:
+        if not as_json:
+            console.rule(f"step {planned.number}: {planned.kind}")
+            console.print(f"{'skipped' if not planned.runs else planned.action} ({escape(planned.reason)})")
+
+    def finished(outcome: StepOutcome) -> None:
+        if not as_json and outcome.planned.runs and outcome.planned.kind not in ("ingest", "audit"):
+            console.print(outcome.summary)
+
+    outcomes = run_recipe(plan, space, force or (), execute=execute, on_start=starting, on_finish=finished)
     if as_json:
-        print(summary_json({"workspace": str(space.root), "steps": outputs}))
-
-
-def _step_summary(step: Any, done: Any) -> dict[str, Any]:
-    """What a synthesize, export, train or benchmark step of a recipe reports."""
-    if step.kind == "synthesize":
-        report = done.to_dict()
-        return {key: report[key] for key in ("added_total", "already_present", "rejected", "subsampled", "seconds")}
-    if step.kind == "export":
-        return {key: value for key, value in done.to_dict().items() if key in ("output", "rows", "excluded")}
-    if step.kind == "train":
-        test = done["test"] or {}
-        return {"output": str(step.output), "test_accuracy": test.get("accuracy"), "test_macro_f1": test.get("macro_f1")}
-    from fercurate.train.runs import benchmark_table
-
-    return {"output": str(step.output),
-            "accuracy": benchmark_table(done)[["training set", "test set", "accuracy"]].to_dict("records")}
+        print(summary_json({"workspace": str(space.root), "steps": [outcome.to_dict() for outcome in outcomes]}))
 
 
 def _sync_fiftyone(space: Workspace, open_app: bool, address: str, port: int, quiet: bool) -> None:
@@ -575,7 +587,7 @@ def benchmark(
     minutes: Annotated[float, typer.Option(help="Time budget per training set.")] = 10.0,
     epochs: Annotated[int, typer.Option(help="Epochs per training set (shrunk to fit the budget).")] = 40,
     arms: Annotated[str, typer.Option(help="Training sets: original, class-weighted, balanced-sampler, "
-                                           "rebalanced, augmented (after `synthesize`).")] = "original,class-weighted,rebalanced",
+                                           "rebalanced; augmented, cgan, ddpm, mix (after `synthesize` with that method).")] = "original,class-weighted,rebalanced",
     rebalance: Annotated[str, typer.Option(help="Target of the rebalanced set (uniform:N, cap:N, ...).")] = "cap:4000",
     train_source: Annotated[str, typer.Option(help="Source trained on; the others are cross-dataset tests.")] = "fer2013",
     tta: Annotated[bool, typer.Option(help="Test-time flip averaging.")] = False,

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
-from fercurate.recipes import AuditStep, IngestStep, RecipeError, load_recipe
+from fercurate.recipes import AuditStep, IngestStep, RecipeError, load_recipe, plan_recipe, run_recipe, run_step
 from fercurate.workspace import Workspace
 from fercurate_cli.main import app
 
@@ -94,6 +98,165 @@ def test_cli_runs_the_quickstart_recipe_through_every_stage(tmp_path: Path, monk
     assert (tmp_path / "out" / "benchmark" / "benchmark.md").is_file()
     manifest = Workspace(tmp_path / "ws").manifest()
     assert manifest.filter(pc.equal(manifest["source"], "demo"))["phash"].null_count == 0  # audited before synthesis
-    again = CliRunner().invoke(app, ["run", recipe, "-w", str(tmp_path / "ws"), "--json"])  # re-runs are safe
+    again = CliRunner().invoke(app, ["run", recipe, "-w", str(tmp_path / "ws"), "--json"])  # nothing changed
     assert again.exit_code == 0, again.output
-    assert json.loads(again.stdout)["steps"][2]["added_total"] == 0
+    repeated = json.loads(again.stdout)["steps"]
+    assert [step["action"] for step in repeated] == ["skip"] * 6
+    assert repeated[2]["added_total"] == steps[2]["added_total"]  # what the step did when it ran
+
+
+# --- recorded, resumable runs -----------------------------------------------------------------------
+
+TINY = """workspace: ws
+steps:
+  - ingest: {source: demo, options: {per_class: 10}}
+  - export: {output: out/export, formats: [manifest]}
+  - train: {output: out/train, model: tiny, epochs: EPOCHS, device: cpu}
+"""
+
+
+def tiny_recipe(folder: Path, epochs: int = 1, export: str = "formats: [manifest]") -> Path:
+    return write(folder / "tiny.yaml", TINY.replace("EPOCHS", str(epochs)).replace("formats: [manifest]", export))
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its size and modification time."""
+    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in folder.rglob("*") if path.is_file()}
+
+
+def actions(result_stdout: str) -> list[str]:
+    return [step["action"] for step in json.loads(result_stdout)["steps"]]
+
+
+def test_dry_run_on_a_new_workspace_plans_every_step_and_writes_nothing(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    result = CliRunner().invoke(app, ["run", str(recipe), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    assert actions(result.stdout) == ["run", "run", "run"]
+    table = CliRunner().invoke(app, ["run", str(recipe), "--dry-run"])
+    assert table.exit_code == 0 and "not run yet" in table.stdout and "dry run" in table.stdout
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tiny.yaml"]
+    bad = CliRunner().invoke(app, ["run", str(recipe), "--dry-run", "--force", "benchmark"])
+    assert bad.exit_code == 2 and "no benchmark step" in bad.output
+    missing = write(tmp_path / "missing.yaml", "workspace: ws\nsteps:\n  - ingest: {source: jaffe, path: nowhere}\n")
+    failed = CliRunner().invoke(app, ["run", str(missing), "--dry-run"])
+    assert failed.exit_code == 2 and "nowhere does not exist" in failed.output
+
+
+def test_an_ingest_redoes_when_its_source_files_change(tmp_path: Path) -> None:
+    from fercurate.sources.demo import write_demo_csv
+
+    csv = write_demo_csv(tmp_path / "data" / "fer2013.csv", per_class=3)
+    recipe = load_recipe(write(tmp_path / "r.yaml", "workspace: ws\nsteps:\n"
+                                                    "  - ingest: {source: fer2013, path: data/fer2013.csv}\n"))
+    assert [outcome.summary["rows_added"] for outcome in run_recipe(recipe)] == [21]
+    assert [(step.action, step.reason) for step in plan_recipe(recipe)] == [("skip", "unchanged")]
+    write_demo_csv(csv, per_class=4)
+    assert [(step.action, step.reason) for step in plan_recipe(recipe)] == [("redo", f"its source {csv} changed")]
+    [outcome] = run_recipe(recipe)
+    assert outcome.planned.action == "redo" and outcome.summary["rows_added"] + outcome.summary["rows_replaced"] == 28
+    csv.unlink()  # a source removed after its ingest: the workspace keeps its rows, nothing to redo
+    [step] = plan_recipe(recipe)
+    assert step.action == "skip" and "is gone" in step.reason
+
+
+def test_reruns_skip_unchanged_steps_and_redo_changed_or_forced_ones(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    first = run_recipe(load_recipe(recipe))
+    assert [outcome.planned.action for outcome in first] == ["run", "run", "run"]
+    record = json.loads((tmp_path / "ws" / "recipe-runs" / "tiny.json").read_text())
+    assert [step["status"] for step in record["steps"]] == ["done"] * 3
+    train = record["steps"][2]
+    assert train["options"]["epochs"] == 1 and train["outputs"] == [str(tmp_path / "out" / "train")]
+    assert train["inputs"]["workspace"] == record["steps"][0]["workspace_after"] != record["steps"][0]["inputs"]["workspace"]
+    assert train["result"]["steps"] >= 1 and train["finished"]
+
+    before = snapshot(tmp_path)  # a re-run skips every step and changes nothing, the record included
+    again = CliRunner().invoke(app, ["run", str(recipe), "--json"])
+    assert again.exit_code == 0, again.output
+    assert actions(again.stdout) == ["skip"] * 3
+    assert json.loads(again.stdout)["steps"][2]["test_accuracy"] == train["result"]["test_accuracy"]
+    assert snapshot(tmp_path) == before
+
+    tiny_recipe(tmp_path, export="formats: [manifest, fer2013-csv]")  # one option changes: it and later steps redo
+    before = snapshot(tmp_path)
+    plan = CliRunner().invoke(app, ["run", str(recipe), "--dry-run", "--json"])
+    assert plan.exit_code == 0, plan.output
+    steps = json.loads(plan.stdout)["steps"]
+    assert [step["action"] for step in steps] == ["skip", "redo", "redo"]
+    assert steps[1]["reason"] == "options changed: formats" and steps[2]["reason"].startswith("step 2 runs before it")
+    assert steps[2]["removes"] == [str(tmp_path / "out" / "train" / name) for name in ("last.pt", "best.pt")]
+    assert snapshot(tmp_path) == before  # the dry run changed nothing
+    changed = CliRunner().invoke(app, ["run", str(recipe), "--json"])
+    assert changed.exit_code == 0, changed.output
+    assert actions(changed.stdout) == ["skip", "redo", "redo"]
+    after = snapshot(tmp_path)
+    assert after["ws/manifest.parquet"] == before["ws/manifest.parquet"]  # the ingest did not run
+    assert (tmp_path / "out" / "export" / "fer2013.csv").is_file()  # redone into the folder it wrote before
+    assert after["out/train/metrics.json"] != before["out/train/metrics.json"]
+
+    forced = CliRunner().invoke(app, ["run", str(recipe), "--force", "3", "--json"])
+    assert forced.exit_code == 0, forced.output
+    assert actions(forced.stdout) == ["skip", "skip", "redo"]
+    assert json.loads(forced.stdout)["steps"][2]["reason"].startswith("forced")
+    assert snapshot(tmp_path)["out/export/export.json"] == after["out/export/export.json"]
+
+    (tmp_path / "out" / "train" / "metrics.json").unlink()  # a lost output is made again
+    assert [step.action for step in plan_recipe(load_recipe(recipe))] == ["skip", "skip", "redo"]
+    space = Workspace(tmp_path / "ws")
+    with space.lock():  # the workspace changes outside the recipe: every step reads it, every step redoes
+        space.write_manifest(space.manifest().slice(1))
+    plan_after = plan_recipe(load_recipe(recipe))
+    assert [step.action for step in plan_after] == ["redo"] * 3
+    assert plan_after[0].reason == "the workspace changed since this recipe last ran"
+
+
+_KILLED_IN_TRAINING = textwrap.dedent("""
+    import os, signal, sys
+    from fercurate.recipes import load_recipe, run_recipe, run_step
+
+    def execute(planned, space):
+        if planned.kind != "train":
+            return run_step(planned.step, space)
+        def progress(event):  # last.pt is written before each validation is reported: die right after one
+            if event.event == "validation":
+                os.kill(os.getpid(), signal.SIGKILL)
+        return run_step(planned.step, space, progress=progress)
+
+    run_recipe(load_recipe(sys.argv[1]), execute=execute)
+""")
+
+
+def test_a_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    import torch
+
+    recipe = tiny_recipe(tmp_path, epochs=4)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_IN_TRAINING, str(recipe)], capture_output=True, text=True,
+                            check=False, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    assert killed.returncode == -9, killed.stderr
+    record = json.loads((tmp_path / "ws" / "recipe-runs" / "tiny.json").read_text())
+    assert [step["status"] for step in record["steps"]] == ["done", "done", "started"]
+    checkpoint = torch.load(tmp_path / "out" / "train" / "last.pt", weights_only=True)
+    assert checkpoint["global_step"] > 0 and not (tmp_path / "out" / "train" / "metrics.json").exists()
+
+    plan = plan_recipe(load_recipe(recipe))
+    assert [step.action for step in plan] == ["skip", "skip", "resume"]
+    assert plan[2].reason.startswith("the last run stopped in it; continues from")
+    assert plan[2].step.resume and not plan[2].removes
+
+    events = []
+
+    def execute(planned, space):  # the test's own runner, to watch the training
+        return run_step(planned.step, space, progress=events.append) if planned.kind == "train" else None
+
+    outcomes = run_recipe(load_recipe(recipe), execute=execute)
+    assert [outcome.planned.action for outcome in outcomes] == ["skip", "skip", "resume"]
+    assert events and events[0].step == checkpoint["global_step"] + 1  # continued after the checkpoint's step
+    metrics = json.loads((tmp_path / "out" / "train" / "metrics.json").read_text())
+    history = metrics["training"]["history"]
+    assert history[:len(checkpoint["history"])] == checkpoint["history"]  # the killed session's epochs are kept
+    assert metrics["training"]["steps"] == 4 * metrics["training"]["steps_per_epoch"]
+    record = json.loads((tmp_path / "ws" / "recipe-runs" / "tiny.json").read_text())
+    assert record["steps"][2]["status"] == "done" and record["steps"][2]["action"] == "resume"
+    assert [step.action for step in plan_recipe(load_recipe(recipe))] == ["skip", "skip", "skip"]
