@@ -1,5 +1,5 @@
-"""``fercurate synthesize``: plan a rebalance and fill it with occluded augmentations, remove synthetic
-rows, or write the occluded test set. Registered in :mod:`fercurate_cli.main` with
+"""``fercurate synthesize``: plan a rebalance and fill it with occluded augmentations and faces of
+trained generators, remove synthetic rows, or write the occluded test set. Registered in :mod:`fercurate_cli.main` with
 ``app.command()(synthesize)``; errors follow main's single path (commands catch nothing).
 """
 
@@ -37,7 +37,9 @@ def synthesize(
         "--workspace", "-w", help="Workspace folder [default: $FERCURATE_WORKSPACE or ./fercurate-workspace]")] = None,
     target: Annotated[str, typer.Option(
         help="uniform, uniform:N, min:N, cap:N or label=share,... (of the training split).")] = "uniform",
-    method: Annotated[list[str], typer.Option(help="Synthesis method (repeatable): augment.")] = ["augment"],  # noqa: B006
+    method: Annotated[list[str], typer.Option(
+        help="Synthesis method (repeatable): augment, cgan, ddpm, or mix (augment and every --generator); "
+             "methods share each class's deficit.")] = ["augment"],  # noqa: B006
     occluders: Annotated[Optional[str], typer.Option(
         help=f"Comma-separated occluders for training faces, of {', '.join(OCCLUDER_NAMES)} "
              "[default: sunglasses,mask,hand,cap].")] = None,
@@ -52,26 +54,38 @@ def synthesize(
     seed: Annotated[int, typer.Option(help="Seed of the faces (and of the split).")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print the plan.")] = False,
     remove: Annotated[bool, typer.Option("--remove", help="Remove synthetic rows instead.")] = False,
-    generator: Annotated[Optional[str], typer.Option(
-        help="With --remove: only this generator or family (augment, augment:occlusion-mask, occluded-test).")] = None,
+    generator: Annotated[Optional[list[str]], typer.Option(
+        help="Run folder of a trained generator (`fercurate generator train`; repeatable, one per kind). "
+             "With --remove: the generator or family to remove (augment, cgan, augment:occlusion-mask, "
+             "occluded-test).")] = None,
+    guidance: Annotated[Optional[float], typer.Option(
+        help="Classifier-free guidance of a ddpm generator [default: its training config's].")] = None,
+    sampling_steps: Annotated[Optional[int], typer.Option(help="Denoising steps of a ddpm generator.")] = None,
+    device: Annotated[str, typer.Option(help="Where generators sample: auto, cpu, cuda, cuda:N.")] = "auto",
     occluded_test: Annotated[bool, typer.Option(
         "--occluded-test", help="Write an occluded copy of the test split (flag occluded-test) instead.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
-    """Rebalance the training split with synthetic faces (occlusion augmentations), with provenance."""
+    """Rebalance the training split with synthetic faces (occlusion augmentations, generated faces),
+    with provenance."""
     from fercurate.splits import SplitOptions
+    from fercurate.synth.generators import generator_kind
     from fercurate.synth.run import SynthesizeOptions, make_occluded_test_set, remove_synthetic, synthesize as run
     from fercurate.workspace import Workspace
 
     space = Workspace(workspace)
     split = validated(SplitOptions, "split option", strategy=strategy, seed=seed)
     if remove:
-        removed = remove_synthetic(space, generator)
-        _print(as_json, {"removed": removed, "generator": generator},
-               f"removed {removed} {'synthetic rows' if generator is None else f'rows of {generator}'}")
+        if generator is not None and len(generator) > 1:
+            raise OptionError("--remove takes one --generator family", "run --remove once per family")
+        family = generator[0] if generator else None
+        removed = remove_synthetic(space, family)
+        _print(as_json, {"removed": removed, "generator": family},
+               f"removed {removed} {'synthetic rows' if family is None else f'rows of {family}'}")
         return
-    if generator is not None:
-        raise OptionError("--generator only applies with --remove", "add --remove, or leave out --generator")
+    runs = [Path(path) for path in generator or ()]
+    if "mix" in method:
+        method = ["augment", *(generator_kind(run) for run in runs)] + [m for m in method if m not in ("mix", "augment")]
     if occluded_test:
         names = _names(occluders)
         with _ProgressBar(as_json) as progress:
@@ -82,6 +96,7 @@ def synthesize(
     names = _names(occluders)
     options = validated(SynthesizeOptions, "synthesize option", target=target, methods=tuple(method),
                         max_synthetic_share=max_synthetic_share, by=by, seed=seed, split=split, dry_run=dry_run,
+                        generators=tuple(runs), guidance=guidance, sampling_steps=sampling_steps, device=device,
                         filter={"judge": judge, "min_judge_probability": min_judge_probability,
                                 "max_hamming": max_hamming, "min_pixel_distance": min_pixel_distance},
                         **({"occluders": tuple(names)} if names else {}))
@@ -163,9 +178,22 @@ def _render(report: SynthesizeReport) -> None:
             rejected.add_row(reason, str(count))
         console.print(rejected)
     added = sum(report.added.values())
-    console.print(f"added [bold]{added}[/] synthetic rows, {report.already_present} already present, "
-                  f"in {report.seconds:.1f} s; placement: "
-                  + (", ".join(f"{k} {v}" for k, v in report.placements.items()) or "-"))
+    console.print(f"added [bold]{added}[/] synthetic rows ("
+                  + (", ".join(f"{m} {n}" for m, n in report.added_by_method.items()) or "none")
+                  + f"), {report.already_present} already present, in {report.seconds:.1f} s"
+                  + ("; augmentation placement: " + ", ".join(f"{k} {v}" for k, v in report.placements.items())
+                     if report.placements else ""))
+    for kind, facts in report.generators.items():
+        quality = (facts.get("quality") or {}).get("overall")
+        console.print(f"{kind}: {facts['run']} (step {facts['step']}, checkpoint {facts['checkpoint_sha1'][:12]})"
+                      + (f"; quality: {_quality_line(quality)}" if quality else
+                         "; no quality report yet (`fercurate generator report`)"))
     if report.short:
         console.print("[yellow]short of the target after retries:[/] "
                       + ", ".join(f"{label} {count}" for label, count in report.short.items()))
+
+
+def _quality_line(overall: dict[str, object]) -> str:
+    """The overall row of a generator's quality report, in a line."""
+    return ", ".join(f"{key.replace('_', ' ')} {value:.3g}" if isinstance(value, float) else f"{key.replace('_', ' ')} {value}"
+                     for key, value in overall.items() if value is not None and key != "label")

@@ -15,6 +15,9 @@ Strategies:
 - ``grouped``: stratified by label, grouped by leakage group (scikit-learn's
   StratifiedGroupKFold; ``folds`` gives the train:validation:test proportion in folds).
 
+Under either strategy a synthetic row whose group holds no real row (a face a generator made,
+with no parent) trains: its generator learnt from training faces only, and it may not evaluate.
+
 :func:`subject_folds` gives k subject-independent folds for small datasets (CK+, JAFFE).
 """
 
@@ -105,6 +108,9 @@ def assign_splits(rows: pd.DataFrame, groups: np.ndarray, options: SplitOptions 
     split = np.full(count, None, dtype=object)
     reason = np.full(count, None, dtype=object)
     official = rows["source_split"].map(OFFICIAL_SPLITS).to_numpy(dtype=object)
+    synthetic = rows["is_synthetic"].to_numpy(dtype=bool)
+    generated = synthetic & ~pd.Series(~synthetic).groupby(groups).transform("any").to_numpy()
+    split[generated] = "train"
     if options.strategy == "official":
         has_official = pd.notna(official)
         protection = np.where(has_official, pd.Series(official).map(_PROTECTION).fillna(-1).to_numpy(), -1)
@@ -115,9 +121,9 @@ def assign_splits(rows: pd.DataFrame, groups: np.ndarray, options: SplitOptions 
         leaking = has_official & (protection < group_level)
         reason[leaking] = [f"duplicate of a {levels[int(level)]} image" for level in group_level[leaking]]
         split[leaking] = None
-        unassigned = ~in_official_group
+        unassigned = ~in_official_group & ~generated
     else:
-        unassigned = np.ones(count, bool)
+        unassigned = ~generated
     notes = []
     if unassigned.any():
         split[unassigned] = _grouped_stratified(rows["label"].to_numpy()[unassigned], groups[unassigned], options)
@@ -125,7 +131,7 @@ def assign_splits(rows: pd.DataFrame, groups: np.ndarray, options: SplitOptions 
         if distinct < sum(options.folds):
             notes.append(f"{int(unassigned.sum())} rows without an official split form only {distinct} leakage "
                          f"groups (subjects), fewer than the {sum(options.folds)} folds: all kept in train")
-    in_train = split == "train"
+    in_train = (split == "train") & ~generated
     if options.strategy == "official" and not (split == "validation").any() and in_train.any():
         # Official splits without a validation split (a hub dataset's train/test): hold out
         # whole training groups for model selection, so the test split is still touched once.
@@ -135,7 +141,6 @@ def assign_splits(rows: pd.DataFrame, groups: np.ndarray, options: SplitOptions 
         split[in_train] = held_out
         notes.append(f"the official splits have no validation split: {int((held_out == 'validation').sum())} "
                      "training rows (whole leakage groups) were held out as validation")
-    synthetic = rows["is_synthetic"].to_numpy(dtype=bool)
     evaluated = synthetic & pd.notna(split) & (split != "train")  # synthetic faces only ever train
     reason[evaluated] = "synthetic row whose group is in an evaluation split"
     split[evaluated] = None

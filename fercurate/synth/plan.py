@@ -29,7 +29,7 @@ from fercurate.schema import CANONICAL_LABELS, UNKNOWN
 from fercurate.splits import SplitOptions
 from fercurate.workspace import Workspace
 
-Method = Literal["augment"]
+Method = Literal["augment", "cgan", "ddpm"]  # occlusion augmentation, or a generator kind
 GroupColumn = Literal["gender", "age_group"]
 GROUP_COLUMNS: tuple[str, ...] = get_args(GroupColumn)
 TARGET_HELP = "uniform, uniform:N, min:N, cap:N or label=share,... (e.g. disgust=1,happiness=1)"

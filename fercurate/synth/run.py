@@ -1,5 +1,5 @@
-"""``synthesize``: fill the rebalance plan's deficits with filtered, occluded augmentations and commit
-them as synthetic rows; ``remove_synthetic`` takes them out again; ``make_occluded_test_set`` writes
+"""``synthesize``: fill the rebalance plan's deficits with filtered, occluded augmentations and with
+faces of trained generators (``cgan``, ``ddpm``), and commit them as synthetic rows; ``remove_synthetic`` takes them out again; ``make_occluded_test_set`` writes
 the occluded copy of the test split.
 
 Invariants:
@@ -9,6 +9,10 @@ Invariants:
   already in the workspace are not made again, so re-running with the same options adds nothing.
 - Parents are real training rows (as export splits them); a synthetic row carries ``parent_id``,
   so ``leakage_groups`` puts it in its parent's group and it can only ever train.
+- A generated face's id is ``synthetic/<kind>/<checkpoint sha1[:12]>/<label>-<seed>``: the same
+  weights, options and seed make the same face. It has no parent (so it trains, see
+  :func:`~fercurate.splits.assign_splits`); a generator that learnt from faces the plan's split does
+  not train on is refused.
 - A face that fails the filter is not committed; it is counted under its reason and the class tries
   the next variants (up to ``retries`` rounds) to still reach its target.
 - Everything is committed in one ``write_manifest`` under the workspace's exclusive lock; images
@@ -30,27 +34,32 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from fercurate.errors import OptionError
+from fercurate.options import parse_device
 from fercurate.schema import ROW_SCHEMA
 from fercurate.splits import REBALANCE_DROP_FLAG, SplitOptions
 from fercurate.synth.augment import Strength, augment_faces, face_seed
 from fercurate.synth.filter import FilterOptions, phashes, score, thumbnails
 from fercurate.synth.occluders import OCCLUDERS
 from fercurate.synth.plan import GroupColumn, Method, RebalancePlan, parse_target, plan_from_counts, training_rows
-from fercurate.synth.rows import derived_row, store_image
+from fercurate.synth.rows import derived_row, generated_row, store_image
 from fercurate.workspace import Workspace
+
+if TYPE_CHECKING:
+    from fercurate.synth.generators import TrainedGenerator
 
 OCCLUDED_TEST_FLAG = "occluded-test"
 #: Occluders used for training faces by default; the rest are kept for the occluded test set.
@@ -80,7 +89,24 @@ class SynthesizeOptions(BaseModel):
     retries: int = Field(3, ge=0, le=10, description="extra rounds for faces the filter rejected")
     split: SplitOptions = SplitOptions()
     filter: FilterOptions = FilterOptions()
+    generators: tuple[Path, ...] = Field((), description="run folders of trained generators (one per kind in methods)")
+    guidance: float | None = Field(None, ge=0, description="classifier-free guidance of a diffusion generator "
+                                   "(None: the one it was trained with)")
+    sampling_steps: int | None = Field(None, ge=1, le=1000, description="denoising steps of a diffusion generator")
+    device: str = Field("auto", description="where generators sample: auto, cpu, cuda, cuda:N")
     dry_run: bool = False
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        return parse_device(value)
+
+    @model_validator(mode="after")
+    def _generators_know_labels_only(self) -> SynthesizeOptions:
+        if self.by is not None and set(self.methods) - {"augment"}:
+            raise ValueError("generators are conditioned on the label only, so a plan by gender or age group "
+                             "can only be filled by augmentation: use --method augment with --by")
+        return self
 
     @field_validator("occluders")
     @classmethod
@@ -105,11 +131,14 @@ class SynthesizeReport:
     short: dict[str, int] = field(default_factory=dict)  # per label: still missing after retries
     placements: Counter[str] = field(default_factory=Counter)
     drops_changed: int = 0  # real rows whose rebalance-drop flag this run set or took off
+    added_by_method: Counter[str] = field(default_factory=Counter)
+    generators: dict[str, dict[str, Any]] = field(default_factory=dict)  # per kind: run, checkpoint, quality
     seconds: float = 0.0
     dry_run: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"plan": self.plan.to_dict(), "added": dict(self.added), "added_total": sum(self.added.values()),
+                "added_by_method": dict(self.added_by_method), "generators": self.generators,
                 "already_present": self.already_present, "rejected": dict(self.rejected), "short": self.short,
                 "placements": dict(self.placements), "subsampled": len(self.plan.drop_ids),
                 "drops_changed": self.drops_changed, "seconds": round(self.seconds, 2), "dry_run": self.dry_run}
@@ -162,10 +191,61 @@ def _jobs(parents: pd.DataFrame, label: str, start: int, count: int, occluders: 
                          "label": label})
 
 
+def _generated_jobs(generator: TrainedGenerator, label: str, start: int, count: int, seed: int) -> pd.DataFrame:
+    """Faces ``start .. start+count-1`` a generator makes for ``label``: each with its own seed, and
+    an id that names the weights, so the same run, options and seed make the same faces."""
+    namespace = f"{generator.kind}/{generator.checkpoint_sha1[:12]}"
+    seeds = [face_seed(seed, namespace, label, v) for v in range(start, start + count)]
+    return pd.DataFrame({"id": [f"synthetic/{namespace}/{label}-{s}" for s in seeds], "seed": seeds, "label": label,
+                         "parent": -1})
+
+
+def _load_generators(options: SynthesizeOptions, workspace: Workspace, train: pd.DataFrame
+                     ) -> dict[str, TrainedGenerator]:
+    """The trained generator of each generator method, checked against the plan's training faces:
+    one that learnt from faces this split does not train on (validation, test) is refused."""
+    from fercurate.synth.generators import load_generator
+
+    wanted = [method for method in options.methods if method != "augment"]
+    loaded: dict[str, TrainedGenerator] = {}
+    for path in options.generators:
+        generator = load_generator(path, device=options.device)
+        if generator.kind in loaded:
+            raise OptionError(f"two {generator.kind} generators given ({loaded[generator.kind].path.parent} and {path})",
+                              "give one run folder per generator kind")
+        if generator.kind not in wanted:
+            raise OptionError(f"--generator {path} is a {generator.kind}, but --method does not ask for {generator.kind}",
+                              f"add --method {generator.kind} (or --method mix)")
+        loaded[generator.kind] = generator
+    missing = [method for method in wanted if method not in loaded]
+    if missing:
+        raise OptionError(f"--method {', '.join(missing)} needs a trained generator",
+                          f"train one (`fercurate generator train {missing[0]} RUN -w WS`) and pass --generator RUN")
+    if loaded:
+        not_training = set(workspace.manifest()["id"].to_pylist()) - set(train["id"])
+        for generator in loaded.values():
+            seen = not_training.intersection(generator.training_ids)
+            if seen:
+                raise OptionError(f"the {generator.kind} generator {generator.path.parent} learnt from {len(seen)} "
+                                  f"face(s) that this split does not train on (e.g. {min(seen)})",
+                                  "train the generator again with the split options this synthesize uses")
+    return loaded
+
+
+def _sample(generator: TrainedGenerator, label: str, seeds: list[int], options: SynthesizeOptions,
+            progress: Progress | None, chunk: int = 256) -> Iterator[np.ndarray]:
+    """The faces of ``seeds``, made in chunks (progress is told after each)."""
+    for start in range(0, len(seeds), chunk):
+        part = seeds[start:start + chunk]
+        yield from generator.sample(label, part, guidance=options.guidance, steps=options.sampling_steps)
+        if progress is not None:
+            progress(generator.kind, len(part), len(seeds))
+
+
 def synthesize(workspace: Workspace, options: SynthesizeOptions | None = None, *,
                progress: Progress | None = None) -> SynthesizeReport:
-    """Rebalance the workspace's training split to ``options.target`` with augmented faces.
-    With ``dry_run`` only the plan is computed."""
+    """Rebalance the workspace's training split to ``options.target`` with augmented and generated
+    faces (``options.methods`` share each class's deficit). With ``dry_run`` only the plan is computed."""
     options = options or SynthesizeOptions()
     started = time.perf_counter()
     workspace.require()
@@ -175,6 +255,8 @@ def synthesize(workspace: Workspace, options: SynthesizeOptions | None = None, *
                                 max_synthetic_share=options.max_synthetic_share, seed=options.split.seed,
                                 by=options.by)
         report = SynthesizeReport(plan, dry_run=options.dry_run)
+        generators = _load_generators(options, workspace, train)
+        report.generators = {kind: generator.describe() for kind, generator in generators.items()}
         if options.dry_run:
             report.seconds = time.perf_counter() - started
             return report
@@ -187,49 +269,68 @@ def synthesize(workspace: Workspace, options: SynthesizeOptions | None = None, *
         parent_points: list[np.ndarray | None] = []
         real = real_hashes = None
         for entry in plan.classes if plan.total_new else ():
-            wanted, start = entry.new.get("augment", 0), 0
-            for _ in range(options.retries + 1):
-                if wanted <= 0:
-                    break
-                jobs = _jobs(train, entry.label, start, wanted, options.occluders, options.seed, "augment",
-                             group=None if plan.by is None else (plan.by, entry.group))
-                start += wanted
-                existing = np.array([job_id in present for job_id in jobs["id"]], bool)
-                report.already_present += int(existing.sum())
-                wanted -= int(existing.sum())
-                jobs = jobs[~existing].reset_index(drop=True)
-                if jobs.empty:
-                    continue
-                if real_hashes is None:  # read once, and only when something is to be made
-                    parent_images, parent_points = _parent_faces(workspace, manifest, train)
-                    real = thumbnails(parent_images)
-                    real_hashes = phashes(real)
-                faces, placements = _derive(parent_images, parent_points, jobs, namespace="augment",
-                                            strength=options.strength, progress=progress)
-                scores = score(thumbnails(faces), real, jobs["parent"].to_numpy(), jobs["label"].to_numpy(),
-                               options.filter, real_hashes)
-                report.rejected.update(reason for reason in scores.reason if reason is not None)
-                records = jobs.to_dict("records")
-                kept = np.flatnonzero(np.equal(scores.reason, None))
-                with ThreadPoolExecutor(2) as pool:  # PNG encoding and file writes release the GIL
-                    images = list(pool.map(lambda i: store_image(workspace, faces[i]), kept))
-                for i, image in zip(kept, images):
-                    job = records[i]
-                    parent = parent_by_id[job["parent_id"]]
-                    recipe = {"method": "augment", "occluder": job["occluder"], "strength": options.strength,
-                              "placement": placements[i], "target": options.target, "seed": options.seed}
-                    rows.append(derived_row(
-                        parent, image, id=job["id"], source="synthetic",
-                        is_synthetic=True, generator=f"augment:occlusion-{job['occluder']}", seed=int(job["seed"]),
-                        recipe=json.dumps(recipe, sort_keys=True), near_copy_hamming=int(scores.hamming[i]),
-                        near_copy_distance=float(scores.pixel_distance[i]),
-                        judge_probability=None if np.isnan(scores.judge_probability[i])
-                        else float(scores.judge_probability[i])))
-                    report.added[entry.label] += 1
-                    report.placements[placements[i]] += 1
-                wanted -= int(np.equal(scores.reason, None).sum())
-            if wanted > 0:
-                report.short[entry.label] = wanted
+            for method, count in entry.new.items():
+                wanted, start = count, 0
+                for _ in range(options.retries + 1):
+                    if wanted <= 0:
+                        break
+                    if method == "augment":
+                        jobs = _jobs(train, entry.label, start, wanted, options.occluders, options.seed, "augment",
+                                     group=None if plan.by is None else (plan.by, entry.group))
+                    else:
+                        jobs = _generated_jobs(generators[method], entry.label, start, wanted, options.seed)
+                    start += wanted
+                    existing = np.array([job_id in present for job_id in jobs["id"]], bool)
+                    report.already_present += int(existing.sum())
+                    wanted -= int(existing.sum())
+                    jobs = jobs[~existing].reset_index(drop=True)
+                    if jobs.empty:
+                        continue
+                    if real_hashes is None:  # read once, and only when something is to be made
+                        parent_images, parent_points = _parent_faces(workspace, manifest, train)
+                        real = thumbnails(parent_images)
+                        real_hashes = phashes(real)
+                    if method == "augment":
+                        faces, placements = _derive(parent_images, parent_points, jobs, namespace="augment",
+                                                    strength=options.strength, progress=progress)
+                    else:
+                        faces = list(_sample(generators[method], entry.label, jobs["seed"].tolist(), options, progress))
+                        placements = []
+                    scores = score(thumbnails(faces), real, jobs["parent"].to_numpy(), jobs["label"].to_numpy(),
+                                   options.filter, real_hashes)
+                    report.rejected.update(reason for reason in scores.reason if reason is not None)
+                    records = jobs.to_dict("records")
+                    kept = np.flatnonzero(np.equal(scores.reason, None))
+                    with ThreadPoolExecutor(2) as pool:  # PNG encoding and file writes release the GIL
+                        images = list(pool.map(lambda i: store_image(workspace, faces[i]), kept))
+                    for i, image in zip(kept, images):
+                        job = records[i]
+                        filter_scores = {"near_copy_hamming": int(scores.hamming[i]),
+                                         "near_copy_distance": float(scores.pixel_distance[i]),
+                                         "judge_probability": None if np.isnan(scores.judge_probability[i])
+                                         else float(scores.judge_probability[i])}
+                        if method == "augment":
+                            recipe = {"method": "augment", "occluder": job["occluder"], "strength": options.strength,
+                                      "placement": placements[i], "target": options.target, "seed": options.seed}
+                            rows.append(derived_row(
+                                parent_by_id[job["parent_id"]], image, id=job["id"], source="synthetic",
+                                is_synthetic=True, generator=f"augment:occlusion-{job['occluder']}",
+                                seed=int(job["seed"]), recipe=json.dumps(recipe, sort_keys=True), **filter_scores))
+                            report.placements[placements[i]] += 1
+                        else:
+                            generator = generators[method]
+                            recipe = {"method": method, "run": str(generator.path.parent), "step": generator.step,
+                                      "guidance": options.guidance, "sampling_steps": options.sampling_steps,
+                                      "target": options.target, "seed": options.seed}
+                            rows.append(generated_row(
+                                entry.label, image, generator=f"{method}:{generator.checkpoint_sha1[:12]}",
+                                checkpoint_sha1=generator.checkpoint_sha1, id=job["id"], seed=int(job["seed"]),
+                                recipe=json.dumps(recipe, sort_keys=True), **filter_scores))
+                        report.added[entry.label] += 1
+                        report.added_by_method[method] += 1
+                    wanted -= len(kept)
+                if wanted > 0:
+                    report.short[entry.label] = report.short.get(entry.label, 0) + wanted
         if rows or report.drops_changed:
             workspace.write_manifest(pa.concat_tables([manifest, pa.Table.from_pylist(rows, schema=ROW_SCHEMA)]))
     report.seconds = time.perf_counter() - started
