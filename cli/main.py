@@ -27,6 +27,7 @@ from typer.core import TyperGroup
 
 from fercurate.errors import FercurateError, OptionError
 from fercurate.options import BALANCE_HELP, DEVICES, ModelName, NoiseModel, Optimizer, Schedule, choices, validated
+from fercurate_cli.generator import generator_app
 from fercurate_cli.review import review_app
 from fercurate_cli.synthesize import synthesize
 
@@ -64,6 +65,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(review_app, name="review")
+app.add_typer(generator_app, name="generator")
 app.command()(synthesize)
 console = Console()
 errors = Console(stderr=True)
@@ -390,7 +392,8 @@ def run(
     options and inputs did not change, redoes the rest, and resumes an interrupted training from its
     checkpoint."""
     from fercurate.audit.run import summary_json
-    from fercurate.recipes import AuditStep, IngestStep, PlannedStep, StepOutcome, load_recipe, plan_recipe, run_recipe, run_step
+    from fercurate.recipes import (AuditStep, IngestStep, PlannedStep, StepOutcome, load_recipe, plan_recipe, run_recipe,
+                                   run_step, step_outputs)
     from fercurate.workspace import Workspace
 
     plan = load_recipe(recipe)
@@ -433,11 +436,37 @@ def run(
 
     def finished(outcome: StepOutcome) -> None:
         if not as_json and outcome.planned.runs and outcome.planned.kind not in ("ingest", "audit"):
-            console.print(outcome.summary)
+            console.print(_summary_table(outcome.summary))
 
     outcomes = run_recipe(plan, space, force or (), execute=execute, on_start=starting, on_finish=finished)
     if as_json:
         print(summary_json({"workspace": str(space.root), "steps": [outcome.to_dict() for outcome in outcomes]}))
+        return
+    console.rule("where everything is")
+    where = Table(show_header=False)
+    where.add_row("workspace", str(space.root))
+    if (space.root / "audit" / "report.html").is_file():
+        where.add_row("audit report", str(space.root / "audit" / "report.html"))
+    for outcome in outcomes:
+        for output in step_outputs(outcome.planned.step, space):
+            if outcome.planned.kind not in ("ingest", "audit", "synthesize"):
+                where.add_row(f"step {outcome.planned.number}: {outcome.planned.kind}", str(output))
+    console.print(where)
+    console.print(f"open the FiftyOne App on it: [bold]fercurate app -w {space.root}[/]")
+
+
+def _summary_table(summary: dict[str, Any]) -> Table:
+    """A step's summary as a two-column table (nested values as compact JSON, lists of records as counts)."""
+    table = Table(show_header=False)
+    for key, value in summary.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            text = f"{len(value)} rows (see --json)"
+        elif isinstance(value, (dict, list)):
+            text = json.dumps(value, separators=(", ", ": "))
+        else:
+            text = str(value)
+        table.add_row(key.replace("_", " "), escape(text))
+    return table
 
 
 def _sync_fiftyone(space: Workspace, open_app: bool, address: str, port: int, quiet: bool) -> None:

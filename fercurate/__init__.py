@@ -70,9 +70,20 @@ _EXPORTS = {
     "contact_sheet": "fercurate.synth",
     "SynthesizeOptions": "fercurate.synth",
     "REBALANCE_DROP_FLAG": "fercurate.splits",
+    "GENERATORS": "fercurate.synth.generators",
+    "generator_config": "fercurate.synth.generators",
+    "train_generator": "fercurate.synth.generators",
+    "load_generator": "fercurate.synth.generators",
+    "write_samples": "fercurate.synth.generators",
+    "quality_report": "fercurate.train.generator_quality",
+    "report_generator": "fercurate.train.generator_quality",
     "pull_reviews": "fercurate.audit.review",
     "load_recipe": "fercurate.recipes",
     "run_step": "fercurate.recipes",
+    "plan_recipe": "fercurate.recipes",
+    "run_recipe": "fercurate.recipes",
+    "PlannedStep": "fercurate.recipes",
+    "StepOutcome": "fercurate.recipes",
 }
 
 __all__ = ["__version__", *_EXPORTS]

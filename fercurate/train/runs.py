@@ -7,7 +7,7 @@ demographic value), with a confusion plot and an ONNX export checked by onnxrunt
 :func:`run_benchmark` is ``fercurate benchmark``: the same model and time budget trained, once per
 seed, on several versions of the training data (``arms``: the original FER2013 training split, the
 same with class-weighted loss, with a balanced sampler, a rebalanced selection, and the split as
-``synthesize`` rebalanced it with augmented faces), each tested on FER2013's test split
+``synthesize`` rebalanced it with augmented faces, with a generator's faces, or with all of them), each tested on FER2013's test split
 (PrivateTest), on CK+ and JAFFE (cross-dataset, no fine-tuning: they are never trained on), on a copy
 of the test split with a gray square over each face, and on the face-aware occluded copy that
 ``synthesize --occluded-test`` writes. Each arm is compared with the first with an interval, and a
@@ -50,7 +50,13 @@ ARMS = {
     "rebalanced": "a rebalanced selection (majority classes subsampled to the target)",
     "augmented": "the training split as `fercurate synthesize` rebalanced it (classes above its target "
                  "subsampled by its plan, those below filled with occlusion-augmented faces)",
+    "cgan": "the same rebalanced split, filled with the faces of the conditional GAN",
+    "ddpm": "the same rebalanced split, filled with the faces of the diffusion model",
+    "mix": "the same rebalanced split, filled with every kind of synthetic face the workspace holds",
 }
+#: The synthetic arms and the generator family whose rows each trains on (None: all of them).
+SYNTHETIC_ARMS: dict[str, str | None] = {"augmented": "augment", "cgan": "cgan", "ddpm": "ddpm", "mix": None}
+Arm = Literal["original", "class-weighted", "balanced-sampler", "rebalanced", "augmented", "cgan", "ddpm", "mix"]
 Progress = Callable[[TrainProgress], None]
 
 
@@ -159,7 +165,7 @@ class BenchmarkConfig(BaseModel):
     """What the benchmark compares, and on what budget."""
 
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_minutes=10))
-    arms: list[Literal["original", "class-weighted", "balanced-sampler", "rebalanced", "augmented"]] = Field(
+    arms: list[Arm] = Field(
         default_factory=lambda: ["original", "class-weighted", "rebalanced"], min_length=1)
     seeds: list[int] | None = Field(None, min_length=1, description="training seeds, each arm trained once per "
                                                                    "seed (None: the train config's seed)")
@@ -192,20 +198,23 @@ def _arm_splits(workspace: Workspace, arm: str, config: BenchmarkConfig, base: d
     if arm == "rebalanced":
         return workspace_splits(workspace, ExportOptions(sources=[config.train_source], balance=config.rebalance_target,
                                                          apply_rebalance_drops=False))
-    if arm != "augmented":
+    if arm not in SYNTHETIC_ARMS:
         return base
-    how = "run `fercurate synthesize -w WS --target ... --method augment` first"
-    if not (manifest["is_synthetic"].fillna(False).astype(bool) & (manifest["source"] == "synthetic")).any():
-        raise TrainError("the augmented arm needs synthetic training rows and the workspace has none", how)
+    family = SYNTHETIC_ARMS[arm]
+    how = f"run `fercurate synthesize -w WS --target ... --method {family or 'mix'}` first"
     rows = workspace_splits(workspace, ExportOptions(sources=[config.train_source, "synthetic"],
                                                      exclude_flags=[OCCLUDED_TEST_FLAG]))
-    parent_source = manifest.set_index("id")["source"]
     train = rows["train"]
     synthetic = (train["source"] == "synthetic").to_numpy()
-    own = train["parent_id"].map(parent_source).eq(config.train_source).to_numpy()
-    if not (synthetic & own).any():
-        raise TrainError(f"no synthetic training row derives from {config.train_source}", how)
-    return {**rows, "train": train[~synthetic | own].reset_index(drop=True)}
+    generators = train["generator"].fillna("")
+    chosen = synthetic if family is None else synthetic & (generators.str.startswith(f"{family}:")).to_numpy()
+    # an augmented face must derive from the training source (a generated one learnt from the training split)
+    parent_source = train["parent_id"].map(manifest.set_index("id")["source"])
+    own = (parent_source.eq(config.train_source) | train["parent_id"].isna()).to_numpy()
+    if not (chosen & own).any():
+        raise TrainError(f"the {arm} arm needs synthetic training rows ({family or 'any'}) of {config.train_source} "
+                         "and the workspace has none", how)
+    return {**rows, "train": train[~synthetic | (chosen & own)].reset_index(drop=True)}
 
 
 def _occluded_test_rows(manifest: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
