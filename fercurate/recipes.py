@@ -5,7 +5,8 @@
       - ingest: {source: fer2013, path: data/fer2013.csv}
       - ingest: {source: ferplus, path: data/fer2013new.csv, options: {label_mode: majority}}
       - audit: {near_duplicate_distance: 4, fiftyone: true}
-      - synthesize: {target: "min:500", occluded_test: true}
+      - generator: {generator: cgan, output: runs/cgan, sources: [fer2013], options: {max_minutes: 60}}
+      - synthesize: {target: "min:500", methods: [augment, cgan], generators: [runs/cgan], occluded_test: true}
       - export: {output: out, formats: [imagefolder, manifest]}
       - train: {output: runs/vgg, model: vgg, max_minutes: 30}
       - benchmark: {output: runs/bench, arms: [original, augmented], seeds: [0, 1, 2]}
@@ -15,7 +16,8 @@ String values may name environment variables, ``${VAR}`` or ``${VAR:-default}`` 
 default is refused before anything runs.
 
 Every step kind is a model in :data:`STEPS` that extends the library's own options (``AuditOptions``,
-``SynthesizeOptions``, ``ExportOptions``, ``TrainConfig``, ``BenchmarkConfig``): one definition of each
+``SynthesizeOptions``, ``ExportOptions``, ``TrainConfig``, ``BenchmarkConfig``; a ``generator`` step's
+``options`` are validated by its kind's ``GeneratorConfig``): one definition of each
 option for the library, the CLI and recipes. Each step is validated before anything runs, so a typo
 fails at once with the step's number and the key.
 
@@ -30,7 +32,7 @@ its result summary. :func:`plan_recipe` compares the recipe with that record, an
   workspace is as the recipe's last finished step left it;
 - redoes the first step whose options or inputs changed (or that ``force`` names, or that was
   interrupted or failed), and every step after it, since their input changes with it;
-- continues an interrupted ``train`` step from its ``last.pt`` when its options (other than
+- continues an interrupted ``train`` or ``generator`` step from its ``last.pt`` when its options (other than
   ``max_minutes`` and ``log_every``) and its data are unchanged.
 
 A step redone into a folder this recipe wrote before starts over there: ``export`` replaces its
@@ -59,7 +61,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fercurate.atomic import atomic_path
 from fercurate.audit.result import AuditResult
@@ -70,6 +72,7 @@ from fercurate.export import ExportOptions, ExportReport, check_output_folder, e
 from fercurate.options import option_error, parse_balance
 from fercurate.sources import SOURCES, Source, open_source
 from fercurate.splits import SplitOptions
+from fercurate.synth.generators import GeneratorConfig, generator_config, train_generator
 from fercurate.synth.run import SynthesizeOptions, SynthesizeReport, make_occluded_test_set, synthesize
 from fercurate.train.loop import RESUMABLE_CHANGES, TrainConfig
 from fercurate.train.runs import BenchmarkConfig, run_benchmark, train_on_workspace
@@ -121,6 +124,29 @@ class SynthesizeStep(SynthesizeOptions):
         return library_options(self, SynthesizeOptions)
 
 
+class GeneratorStep(BaseModel):
+    """``generator``: train a generator of kind ``generator`` (cgan, ddpm) into ``output`` on the
+    training faces of ``sources`` (default: all); ``options`` are the kind's own (see
+    ``fercurate generator train --help``), validated by its configuration model."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["generator"] = "generator"
+    generator: Literal["cgan", "ddpm"]
+    output: Path
+    options: dict[str, Any] = Field(default_factory=dict)
+    split: SplitOptions = Field(default_factory=SplitOptions)
+    sources: list[str] | None = None
+    resume: bool = False
+
+    @model_validator(mode="after")
+    def _options_valid(self) -> GeneratorStep:
+        self.config()
+        return self
+
+    def config(self) -> GeneratorConfig:
+        return generator_config(self.generator, **self.options)
+
+
 class ExportStep(ExportOptions):
     """``export``: the export's options and the output folder."""
 
@@ -161,9 +187,12 @@ class BenchmarkStep(BenchmarkConfig):
 
 
 #: Every step kind a recipe may use, in the order data flows.
-STEPS: dict[str, type[BaseModel]] = {"ingest": IngestStep, "audit": AuditStep, "synthesize": SynthesizeStep,
-                                     "export": ExportStep, "train": TrainStep, "benchmark": BenchmarkStep}
-Step = IngestStep | AuditStep | SynthesizeStep | ExportStep | TrainStep | BenchmarkStep
+STEPS: dict[str, type[BaseModel]] = {"ingest": IngestStep, "audit": AuditStep, "generator": GeneratorStep,
+                                     "synthesize": SynthesizeStep, "export": ExportStep, "train": TrainStep,
+                                     "benchmark": BenchmarkStep}
+Step = IngestStep | AuditStep | GeneratorStep | SynthesizeStep | ExportStep | TrainStep | BenchmarkStep
+#: Steps that train from a checkpoint (``last.pt`` in their output) and can continue an interrupted run.
+_RESUMING = (TrainStep, GeneratorStep)
 
 
 class Recipe(BaseModel):
@@ -239,9 +268,10 @@ def load_recipe(path: str | Path) -> Recipe:
             step.path = resolve(step.path)
         elif isinstance(step, AuditStep) and step.demographics is not None:
             step.demographics = resolve(step.demographics)
-        elif isinstance(step, SynthesizeStep) and step.filter.judge is not None:
+        elif isinstance(step, SynthesizeStep):
             step.filter.judge = resolve(step.filter.judge)
-        elif isinstance(step, (ExportStep, TrainStep, BenchmarkStep)):
+            step.generators = tuple(resolve(path) for path in step.generators)
+        elif isinstance(step, (ExportStep, TrainStep, BenchmarkStep, GeneratorStep)):
             step.output = resolve(step.output)
     workspace = resolve(Path(document["workspace"])) if document.get("workspace") else None
     if workspace is None:
@@ -264,6 +294,9 @@ def run_step(step: Step, workspace: Workspace, **progress: Any
     if isinstance(step, TrainStep):
         return train_on_workspace(workspace, step.train_config(), step.output, step.split, step.sources,
                                   step.balance, step.resume, step.tta_flip, **progress)
+    if isinstance(step, GeneratorStep):
+        return train_generator(workspace, step.output, step.config(), split=step.split, sources=step.sources,
+                               resume=step.resume, **progress)
     if isinstance(step, BenchmarkStep):
         if step.overwrite and (step.output / "benchmark.json").is_file():
             shutil.rmtree(step.output)
@@ -284,9 +317,9 @@ RECORD_FORMAT = "fercurate-recipe-run/1"
 _DATA_FILES = ("manifest.parquet", "reviews.parquet")
 _AUDIT_DATA_SUFFIXES = (".parquet", ".json")
 #: The file in a step's output folder whose presence shows the output is complete (others: the path itself).
-_OUTPUT_MARKERS = {"export": "export.json", "train": "metrics.json", "benchmark": "benchmark.json",
+_OUTPUT_MARKERS = {"export": "export.json", "train": "metrics.json", "benchmark": "benchmark.json", "generator": "train.json",
                    "audit": "summary.json"}
-_CHECKPOINTS = ("last.pt", "best.pt")
+_CHECKPOINTS = ("last.pt", "best.pt", "generator.pt")
 #: Options that change how a step runs, not what it makes: changing them alone redoes nothing.
 _NOT_COMPARED = frozenset({"resume", "overwrite", "log_every"})
 #: Options of an interrupted training that may change while it still continues from its checkpoint.
@@ -348,7 +381,7 @@ def step_options(step: BaseModel) -> dict[str, Any]:
 
 def step_outputs(step: Step, workspace: Workspace) -> list[Path]:
     """Where a step writes: its output folder, or the workspace (and its audit folder)."""
-    if isinstance(step, (ExportStep, TrainStep, BenchmarkStep)):
+    if isinstance(step, (ExportStep, TrainStep, BenchmarkStep, GeneratorStep)):
         return [step.output]
     if isinstance(step, AuditStep):
         return [workspace.root / "audit"]
@@ -363,13 +396,17 @@ def step_summary(step: Step, result: Any) -> dict[str, Any]:
         summary = dict(result.summary)
     elif isinstance(step, SynthesizeStep):
         report = result.to_dict()
-        summary = {key: report[key] for key in ("added_total", "already_present", "rejected", "subsampled", "seconds")}
+        summary = {key: report[key] for key in ("added_total", "added_by_method", "already_present", "rejected",
+                                                "subsampled", "seconds")}
     elif isinstance(step, ExportStep):
         summary = {key: value for key, value in result.to_dict().items() if key in ("output", "rows", "excluded")}
     elif isinstance(step, TrainStep):
         test = result["test"] or {}
         summary = {"output": str(step.output), "test_accuracy": test.get("accuracy"),
                    "test_macro_f1": test.get("macro_f1"), "steps": result["training"]["steps"]}
+    elif isinstance(step, GeneratorStep):
+        summary = {key: result[key] for key in ("kind", "step", "planned_steps", "finished", "checkpoint_sha1")}
+        summary["output"] = str(step.output)
     else:
         from fercurate.train.runs import benchmark_table
 
@@ -593,6 +630,17 @@ def _check_step(number: int, step: Step, action: Action, effective: Step, worksp
             if action != "skip" and not owned and not effective.resume and last.exists():
                 raise TrainError(f"{where}: {last} exists (a run this recipe did not make)",
                                  "add `resume: true` to the step to continue it, or choose another output")
+        elif isinstance(step, GeneratorStep):
+            resolve_device(step.config().device)
+            assert isinstance(effective, GeneratorStep)
+            if action != "skip" and not owned and not effective.resume and (step.output / "last.pt").exists():
+                raise TrainError(f"{where}: {step.output / 'last.pt'} exists (a run this recipe did not make)",
+                                 "add `resume: true` to the step to continue it, or choose another output")
+        elif isinstance(step, SynthesizeStep):
+            absent = [path for path in step.generators if not path.exists() and path not in produced]
+            if action != "skip" and absent:
+                raise RecipeError(f"{where}: no generator at {absent[0]}",
+                                  "train it first (a `generator` step before this one, or `fercurate generator train`)")
         elif isinstance(step, BenchmarkStep):
             resolve_device(step.train.device)
             replaced = step.overwrite and (step.output / "benchmark.json").is_file()
@@ -636,7 +684,7 @@ def _plan(recipe: Recipe, space: Workspace, record: RunRecord, force: Iterable[s
         differing = _changed_options(entry.get("options") or {}, options) if entry is not None else []
         recorded_source = (entry.get("inputs") or {}).get("source") if entry is not None else None
         source_changed = isinstance(step, IngestStep) and source not in (recorded_source, "missing")
-        resumable = (isinstance(step, TrainStep) and status in _STOPPED and set(differing) <= _RESUMABLE
+        resumable = (isinstance(step, _RESUMING) and status in _STOPPED and set(differing) <= _RESUMABLE
                      and ((entry or {}).get("inputs") or {}).get("workspace") == now
                      and (step.output / "last.pt").is_file())
         differing = [key for key in differing if key not in _NOT_COMPARED]
@@ -675,9 +723,9 @@ def _plan(recipe: Recipe, space: Workspace, record: RunRecord, force: Iterable[s
         removes: list[Path] = []
         if isinstance(step, ExportStep) and action != "skip" and owned and step.output.exists():
             effective = step.model_copy(update={"overwrite": True})
-        elif isinstance(step, TrainStep) and action == "resume":
+        elif isinstance(step, _RESUMING) and action == "resume":
             effective = step.model_copy(update={"resume": True})
-        elif isinstance(step, TrainStep) and action != "skip" and owned:
+        elif isinstance(step, _RESUMING) and action != "skip" and owned:
             removes = [path for name in _CHECKPOINTS if (path := step.output / name).is_file()]
         elif isinstance(step, BenchmarkStep) and action != "skip" and owned and step.output.is_dir():
             removes = sorted(path for name in _CHECKPOINTS for path in step.output.rglob(name))

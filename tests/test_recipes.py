@@ -52,6 +52,9 @@ def test_paths_resolve_against_the_recipe_folder(tmp_path: Path) -> None:
     ("workspace: ws\nsteps:\n  - ingest: {source: affectnet, path: x}\n", "unknown source 'affectnet'"),
     ("workspace: ws\nsteps:\n  - audit: {folds: 1}\n", "step 1 \\(audit\\)"),
     ("workspace: ws\nsteps:\n  - audit: {fold: 3}\n", "Extra inputs"),
+    ("workspace: ws\nsteps:\n  - generator: {generator: cgan, output: g, options: {widht: 8}}\n",
+     "step 1 \\(generator\\).*widht"),
+    ("workspace: ws\nsteps:\n  - generator: {generator: vae, output: g}\n", "step 1 \\(generator\\).*generator"),
     ("workspace: [unclosed\n", "not valid YAML"),
 ])
 def test_invalid_recipes_fail_before_running(tmp_path: Path, body: str, message: str) -> None:
@@ -79,7 +82,7 @@ def test_variables_expand_with_defaults_and_every_step_kind_validates(tmp_path: 
     assert export.export_options().kfold == 3
     assert isinstance(train, TrainStep) and train.train_config().model == "tiny" and train.sources == ["jaffe"]
     assert isinstance(benchmark, BenchmarkStep) and benchmark.benchmark_config().training_seeds == [0, 1]
-    assert list(STEPS) == ["ingest", "audit", "synthesize", "export", "train", "benchmark"]
+    assert list(STEPS) == ["ingest", "audit", "generator", "synthesize", "export", "train", "benchmark"]
 
 
 def test_cli_runs_the_quickstart_recipe_through_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,11 +91,13 @@ def test_cli_runs_the_quickstart_recipe_through_every_stage(tmp_path: Path, monk
     result = CliRunner().invoke(app, ["run", recipe, "-w", str(tmp_path / "ws"), "--json"])
     assert result.exit_code == 0, result.output
     steps = json.loads(result.stdout)["steps"]
-    assert [step["kind"] for step in steps] == ["ingest", "audit", "synthesize", "export", "train", "benchmark"]
+    assert [step["kind"] for step in steps] == ["ingest", "audit", "generator", "synthesize", "export", "train",
+                                                "benchmark"]
     assert steps[0]["rows_added"] == 280 and steps[1]["rows"] == 280
-    assert steps[2]["added_total"] > 0 and steps[3]["rows"] > 0
-    assert 0 <= steps[4]["test_accuracy"] <= 1
-    assert {row["training set"] for row in steps[5]["accuracy"]} == {"original", "augmented"}
+    assert steps[2]["step"] == 150 and (tmp_path / "out" / "cgan" / "samples.png").is_file()
+    assert steps[3]["added_total"] > 0 and steps[4]["rows"] > 0
+    assert 0 <= steps[5]["test_accuracy"] <= 1
+    assert {row["training set"] for row in steps[6]["accuracy"]} == {"original", "augmented", "cgan"}
     assert (tmp_path / "ws" / "audit" / "report.html").is_file()
     assert (tmp_path / "out" / "export" / "manifest.parquet").is_file()
     assert (tmp_path / "out" / "benchmark" / "benchmark.md").is_file()
@@ -101,8 +106,8 @@ def test_cli_runs_the_quickstart_recipe_through_every_stage(tmp_path: Path, monk
     again = CliRunner().invoke(app, ["run", recipe, "-w", str(tmp_path / "ws"), "--json"])  # nothing changed
     assert again.exit_code == 0, again.output
     repeated = json.loads(again.stdout)["steps"]
-    assert [step["action"] for step in repeated] == ["skip"] * 6
-    assert repeated[2]["added_total"] == steps[2]["added_total"]  # what the step did when it ran
+    assert [step["action"] for step in repeated] == ["skip"] * 7
+    assert repeated[3]["added_total"] == steps[3]["added_total"]  # what the step did when it ran
 
 
 # --- recorded, resumable runs -----------------------------------------------------------------------
