@@ -113,6 +113,8 @@ def test_benchmark_augmented_arm_face_aware_occlusion_and_intervals_over_seeds(t
                 - report["arms"]["original"]["seeds"][s]["tests"]["demo test"]["accuracy"] for s in ("0", "1")]
     assert row["seeds"] == 2 and row["interval kind"] == "t over 2 seeds"
     assert abs(row["difference"] - np.mean(per_seed)) < 1e-4
+    low, high = (float(v) for v in row["test-face interval"].strip("[]").split(","))
+    assert low <= row["difference"] <= high  # the paired bootstrap over the pooled test faces centres on it
     assert row["verdict"] in ("finding", "within noise")
     markdown = (tmp_path / "bench" / "benchmark.md").read_text()
     assert "occluded (face-aware)" in markdown and "a finding needs several seeds" in markdown

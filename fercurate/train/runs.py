@@ -202,6 +202,8 @@ def _arm_splits(workspace: Workspace, arm: str, config: BenchmarkConfig, base: d
         return base
     family = SYNTHETIC_ARMS[arm]
     how = f"run `fercurate synthesize -w WS --target ... --method {family or 'mix'}` first"
+    if not (manifest["is_synthetic"].fillna(False).astype(bool) & (manifest["source"] == "synthetic")).any():
+        raise TrainError(f"the {arm} arm needs synthetic training rows and the workspace has none", how)
     rows = workspace_splits(workspace, ExportOptions(sources=[config.train_source, "synthetic"],
                                                      exclude_flags=[OCCLUDED_TEST_FLAG]))
     train = rows["train"]
@@ -283,7 +285,9 @@ def compare_arms(report: dict[str, Any], *, level: float = 0.95) -> list[dict[st
     seeds and its interval. With several seeds the interval is Student's t over the per-seed
     differences (the noise of training), and a difference is a finding only when it excludes zero;
     with one seed it is a paired bootstrap over the test faces (the test sample's noise only), and
-    no difference is called a finding."""
+    no difference is called a finding. Every record also has that paired bootstrap (``test-face
+    interval``, the seed pairs' predictions pooled): how much of a difference the test faces alone
+    could make."""
     from scipy import stats
 
     names = list(report["arms"])
@@ -296,22 +300,25 @@ def compare_arms(report: dict[str, Any], *, level: float = 0.95) -> list[dict[st
             for metric in ("accuracy", "macro_f1"):
                 differences = np.array([runs[seed]["tests"][test_name][metric]
                                         - baseline[seed]["tests"][test_name][metric] for seed in seeds])
+                ours = [runs[seed]["tests"][test_name] for seed in seeds]
+                theirs = [baseline[seed]["tests"][test_name] for seed in seeds]
+                paired = all(a["class_names"] == b["class_names"] and "predictions" in a for a, b in zip(ours, theirs))
+                faces_low, faces_high = paired_bootstrap_difference(  # the test faces' noise, seed pairs pooled
+                    np.concatenate([a["true_labels"] for a in ours]), np.concatenate([a["predictions"] for a in ours]),
+                    np.concatenate([b["predictions"] for b in theirs]), len(ours[0]["class_names"]),
+                    level=level)[metric] if paired else (float("nan"), float("nan"))
                 if len(seeds) >= 2:
                     half = stats.t.ppf((1 + level) / 2, len(seeds) - 1) * differences.std(ddof=1) / np.sqrt(len(seeds))
                     low, high = differences.mean() - half, differences.mean() + half
                     verdict = "finding" if low > 0 or high < 0 else "within noise"
                     kind = f"t over {len(seeds)} seeds"
                 else:
-                    ours, theirs = runs[seeds[0]]["tests"][test_name], baseline[seeds[0]]["tests"][test_name]
-                    kept = ours["class_names"] == theirs["class_names"]
-                    y_true = np.asarray(ours["true_labels"])
-                    low, high = paired_bootstrap_difference(
-                        y_true, np.asarray(ours["predictions"]), np.asarray(theirs["predictions"]),
-                        len(ours["class_names"]), level=level)[metric] if kept else (float("nan"), float("nan"))
+                    low, high = faces_low, faces_high
                     verdict, kind = "one seed: not a finding", "bootstrap over test faces"
                 records.append({"training set": arm, "versus": names[0], "test set": test_name, "metric": metric,
                                 "seeds": len(seeds), "difference": round(float(differences.mean()), 4),
                                 "interval": [round(float(low), 4), round(float(high), 4)], "interval kind": kind,
+                                "test-face interval": [round(float(faces_low), 4), round(float(faces_high), 4)],
                                 "verdict": verdict})
     return records
 
@@ -346,7 +353,11 @@ def benchmark_table(report: dict[str, Any]) -> pd.DataFrame:
 
 def comparison_table(report: dict[str, Any]) -> pd.DataFrame:
     """:func:`compare_arms`'s records as a table (interval as text)."""
-    return pd.DataFrame([{**record, "interval": f"[{record['interval'][0]:+.4f}, {record['interval'][1]:+.4f}]"}
+    def text(interval: list[float]) -> str:
+        return f"[{interval[0]:+.4f}, {interval[1]:+.4f}]"
+    return pd.DataFrame([{**record, "interval": text(record["interval"]),
+                          **({"test-face interval": text(record["test-face interval"])}
+                             if "test-face interval" in record else {})}
                          for record in report.get("comparisons", [])])
 
 
