@@ -279,7 +279,7 @@ def audit(
     if as_json:
         print(summary_json({**result.summary, "report": str(result.directory / "report.md")}))
         return
-    _render_audit(result)
+    _render_audit(result, space)
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -309,7 +309,7 @@ def _audit_with_progress(space: Workspace, options: AuditOptions, quiet: bool) -
         return audit_workspace(space, options, progress=advance)
 
 
-def _render_audit(result: AuditResult) -> None:
+def _render_audit(result: AuditResult, space: Workspace | None = None) -> None:
     summary = result.summary
     per_split = summary["balance"]["per_split"]
     splits = sorted(per_split)
@@ -354,6 +354,27 @@ def _render_audit(result: AuditResult) -> None:
         console.print("FER+ check: " + ", ".join(f"{key} {value}" for key, value in noise["ferplus_check"].items()))
     seconds = ", ".join(f"{step} {value:.1f}s" for step, value in result.seconds.items())
     console.print(f"report: {result.directory / 'report.html' if result.directory else '-'}  ({seconds})")
+    if space is not None:
+        _render_planted(space, result)
+
+
+def _render_planted(space: Workspace, result: AuditResult) -> None:
+    """On a workspace holding the planted demo: what the demo planted next to what the audit found."""
+    from fercurate.audit.planted import all_found, display_rows, find_planted, planted_findings
+
+    planted = find_planted(space)
+    if planted is None:
+        return
+    findings = planted_findings(result, planted)
+    table = Table(title="planted in the demo vs found by the audit", title_justify="left")
+    for column in ("planted problem", "audit check", "planted", "found", "match"):
+        table.add_column(column)
+    for problem, check, planted_ids, found_ids, match in display_rows(findings, planted.dataset):
+        colour = {"yes": "green", "no": "red"}.get(match, "yellow")
+        table.add_row(problem, check, planted_ids, escape(found_ids), f"[{colour}]{match}[/]")
+    console.print(table)
+    console.print("the audit found exactly the problems the demo planted, and no others" if all_found(findings)
+                  else "[red]the audit's findings differ from what the demo planted[/]")
 
 
 def _render_synthetic_share(records: list[dict[str, Any]]) -> None:
@@ -424,7 +445,7 @@ def run(
             if step.fiftyone:
                 _sync_fiftyone(space, open_app=False, address="127.0.0.1", port=5151, quiet=as_json)
             if not as_json:
-                _render_audit(result)
+                _render_audit(result, space)
             return result
         with errors.status(f"step {planned.number}: {step.kind}"):
             return run_step(step, space)

@@ -44,6 +44,8 @@ _EXPORTS = {
     "sync_to_fiftyone": "fercurate.audit.fiftyone_sync",
     "sync_audit_to_fiftyone": "fercurate.audit.fiftyone_sync",
     "launch_app": "fercurate.audit.fiftyone_app",
+    "find_planted": "fercurate.audit.planted",
+    "planted_findings": "fercurate.audit.planted",
     "SplitOptions": "fercurate.splits",
     "assign_splits": "fercurate.splits",
     "leakage_groups": "fercurate.splits",
