@@ -405,7 +405,8 @@ def step_summary(step: Step, result: Any) -> dict[str, Any]:
         summary = {"output": str(step.output), "test_accuracy": test.get("accuracy"),
                    "test_macro_f1": test.get("macro_f1"), "steps": result["training"]["steps"]}
     elif isinstance(step, GeneratorStep):
-        summary = {key: result[key] for key in ("kind", "step", "planned_steps", "finished", "checkpoint_sha1")}
+        summary = {"generator": result["kind"], "trained_steps": result["step"],
+                   **{key: result[key] for key in ("planned_steps", "finished", "checkpoint_sha1")}}
         summary["output"] = str(step.output)
     else:
         from fercurate.train.runs import benchmark_table

@@ -94,7 +94,7 @@ def test_cli_runs_the_quickstart_recipe_through_every_stage(tmp_path: Path, monk
     assert [step["kind"] for step in steps] == ["ingest", "audit", "generator", "synthesize", "export", "train",
                                                 "benchmark"]
     assert steps[0]["rows_added"] == 280 and steps[1]["rows"] == 280
-    assert steps[2]["step"] == 150 and (tmp_path / "out" / "cgan" / "samples.png").is_file()
+    assert steps[2]["trained_steps"] == 150 and (tmp_path / "out" / "cgan" / "samples.png").is_file()
     assert steps[3]["added_total"] > 0 and steps[4]["rows"] > 0
     assert 0 <= steps[5]["test_accuracy"] <= 1
     assert {row["training set"] for row in steps[6]["accuracy"]} == {"original", "augmented", "cgan"}
