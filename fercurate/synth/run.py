@@ -1,6 +1,7 @@
 """``synthesize``: fill the rebalance plan's deficits with filtered, occluded augmentations and with
-faces of trained generators (``cgan``, ``ddpm``), and commit them as synthetic rows; ``remove_synthetic`` takes them out again; ``make_occluded_test_set`` writes
-the occluded copy of the test split.
+faces of trained generators (``cgan``, ``ddpm``), and commit them as synthetic rows;
+``remove_synthetic`` takes them out again; ``make_occluded_test_set`` writes the occluded copy of
+the test split.
 
 Invariants:
 
@@ -35,9 +36,9 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
