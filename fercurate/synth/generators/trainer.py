@@ -228,7 +228,7 @@ class _Run:
         last_checkpoint = time.monotonic()
         running: dict[str, list[float]] = {}
         window = (time.monotonic(), self.step)
-        replanned = self.session_start_step > 0  # a resumed run keeps its plan unless steps grew
+        replanned = self.session_start_step > 0  # a resumed run keeps its plan (or a larger --steps); the budget only stops it
         try:
             while self.step < self.planned_steps and self._budget_left() > 0:
                 images, labels = self.batches.draw()
