@@ -13,11 +13,12 @@ import pytest
 
 from fercurate.audit.planted import all_found, display_rows, find_planted, planted_findings
 from fercurate.audit.quality import perceptual_hashes
+from fercurate.phash import image_hashes
 from fercurate.audit.result import AuditResult
 from fercurate.audit.run import AuditOptions, audit_workspace
 from fercurate.sources.base import Face
 from fercurate.sources.demo import (
-    DEMO_EMOTION_CODES, MIN_HASH_DISTANCE, PLANT_FROM, PLANTED_KINDS, PlantedDemo, _perceptual_hashes, draw_demo_faces,
+    DEMO_EMOTION_CODES, MIN_HASH_DISTANCE, PLANT_FROM, PLANTED_KINDS, PlantedDemo, draw_demo_faces,
     draw_landscape, open_demo, planted_path, read_planted, write_demo_csv,
 )
 from fercurate.sources.fer2013 import Fer2013Csv
@@ -187,7 +188,7 @@ def hash_distances(hashes: np.ndarray) -> np.ndarray:
 def test_no_two_faces_are_near_duplicates(faces: tuple[np.ndarray, np.ndarray]) -> None:
     images, codes = faces
     hashes = audit_hashes(images)
-    np.testing.assert_array_equal(_perceptual_hashes(images), hashes)  # the demo's copy of the audit's hash
+    np.testing.assert_array_equal(image_hashes(images), hashes)  # the hash the demo draws with is the audit's
     distances = hash_distances(hashes)
     assert distances.min() >= MIN_HASH_DISTANCE > 4  # 4: the audit's near-duplicate distance
     # Not only the redraws keep faces apart: half of all pairs differ in at least 20 of 64 bits,

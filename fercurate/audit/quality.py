@@ -32,9 +32,9 @@ from pydantic import BaseModel, Field
 
 from fercurate.audit.faces import DEFAULT_THRESHOLD, FaceLandmarks, find_faces_in_files
 from fercurate.errors import AuditError
+from fercurate.phash import HASH_INPUT, perceptual_hashes
 
 THUMB = 48  # side of the gray thumbnails kept for hashing, features and contact sheets
-_HASH_INPUT = 32  # pHash: DCT of a 32x32 image, 8x8 lowest frequencies
 _CHUNK = 256
 
 
@@ -94,7 +94,7 @@ def measure_images(paths: Sequence[str], thresholds: QualityThresholds | None = 
     readable = np.zeros(count, bool)
     missing = np.zeros(count, bool)
     thumbs = np.zeros((count, THUMB, THUMB), np.uint8)
-    hash_input = np.zeros((count, _HASH_INPUT, _HASH_INPUT), np.float32)
+    hash_input = np.zeros((count, HASH_INPUT, HASH_INPUT), np.float32)
 
     def measure(start: int) -> int:
         cascade = _detector() if haar else None  # one per chunk: detectors are not thread-safe
@@ -109,7 +109,7 @@ def measure_images(paths: Sequence[str], thresholds: QualityThresholds | None = 
             readable[i] = True
             thumb = cv2.resize(image, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
             thumbs[i] = thumb
-            hash_input[i] = cv2.resize(thumb, (_HASH_INPUT, _HASH_INPUT), interpolation=cv2.INTER_AREA)
+            hash_input[i] = cv2.resize(thumb, (HASH_INPUT, HASH_INPUT), interpolation=cv2.INTER_AREA)
             mean, std = cv2.meanStdDev(image)
             brightness[i], contrast[i] = mean[0, 0], std[0, 0]
             blur[i] = cv2.Laplacian(thumb, cv2.CV_32F).var()
@@ -136,23 +136,6 @@ def _has_face(cascade: cv2.CascadeClassifier, thumb: np.ndarray, min_neighbors: 
     padded = cv2.copyMakeBorder(thumb, 8, 8, 8, 8, cv2.BORDER_REPLICATE)
     found = cascade.detectMultiScale(padded, scaleFactor=1.1, minNeighbors=min_neighbors, minSize=(20, 20))
     return len(found) > 0
-
-
-def _dct_matrix(size: int) -> np.ndarray:
-    k = np.arange(size)[:, None]
-    n = np.arange(size)[None, :]
-    matrix = np.cos(np.pi * (2 * n + 1) * k / (2 * size)) * np.sqrt(2 / size)
-    matrix[0] /= np.sqrt(2)
-    return matrix.astype(np.float32)
-
-
-def perceptual_hashes(images: np.ndarray) -> np.ndarray:
-    """64-bit pHash of each 32x32 image: signs of the 8x8 lowest DCT frequencies against their
-    median, computed for all images at once."""
-    dct = _dct_matrix(_HASH_INPUT)
-    low = (dct[:8] @ images @ dct[:8].T).reshape(len(images), 64)
-    bits = low > np.median(low, axis=1, keepdims=True)
-    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
 
 
 def quality_flags(result: QualityResult, areas: np.ndarray, sources: np.ndarray,

@@ -44,6 +44,7 @@ import numpy as np
 
 from fercurate.atomic import atomic_path
 from fercurate.errors import OptionError, SourceError
+from fercurate.phash import hamming_distances, image_hashes
 from fercurate.schema import SOURCE_LABEL_MAPS
 from fercurate.sources.fer2013 import SIDE, Fer2013Csv
 
@@ -66,7 +67,6 @@ PLANTED_SUFFIX = ".planted.json"
 
 _SCALE = 4  # faces are drawn at SIDE * _SCALE and shrunk, for anti-aliased shapes
 _CANVAS = SIDE * _SCALE
-_HASH_SIDE = 32  # the perceptual hash: DCT of a 32x32 image, its 8x8 lowest frequencies
 _CSV_HEADER = ("emotion", "pixels", "Usage")
 _BLANK_GRAY = 128
 #: The expressions whose faces get each other's labels (flipped labels), far apart for the label-noise
@@ -292,33 +292,6 @@ def _render(expression: _Expression, look: _Look, rng: np.random.Generator) -> n
     return _finish(canvas, look.blur, look.noise, look.light, look.light_angle, rng)
 
 
-def _dct_matrix(size: int) -> np.ndarray:
-    k = np.arange(size)[:, None]
-    n = np.arange(size)[None, :]
-    matrix = np.cos(np.pi * (2 * n + 1) * k / (2 * size)) * np.sqrt(2 / size)
-    matrix[0] /= np.sqrt(2)
-    return matrix.astype(np.float32)
-
-
-_DCT = _dct_matrix(_HASH_SIDE)[:8]
-
-
-def _perceptual_hashes(images: np.ndarray) -> np.ndarray:
-    """64-bit pHash of 48x48 uint8 images, as the audit computes it
-    (``fercurate.audit.quality.perceptual_hashes`` on 32x32 INTER_AREA thumbnails; sources may not
-    import the audit, so it is repeated here, and ``tests/test_demo.py`` checks the two agree)."""
-    small = np.stack([cv2.resize(image, (_HASH_SIDE, _HASH_SIDE), interpolation=cv2.INTER_AREA)
-                      for image in images]).astype(np.float32)
-    low = (_DCT @ small @ _DCT.T).reshape(len(images), 64)
-    bits = low > np.median(low, axis=1, keepdims=True)
-    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
-
-
-def _hash_distances(hashes: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """Hamming distances, (len(hashes), len(others))."""
-    return np.bitwise_count(hashes[:, None] ^ others[None, :])
-
-
 def draw_demo_faces(per_class: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``per_class`` faces for each of FER2013's seven emotions.
 
@@ -346,8 +319,8 @@ def _draw_faces(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray, list
         while True:
             look = _random_look(rng)
             image = _render(expression, look, rng)
-            image_hash = _perceptual_hashes(image[None])
-            if i == 0 or _hash_distances(image_hash, hashes[:i]).min() >= MIN_HASH_DISTANCE:
+            image_hash = image_hashes(image[None])
+            if i == 0 or hamming_distances(image_hash, hashes[:i]).min() >= MIN_HASH_DISTANCE:
                 break
         images[i], hashes[i] = image, image_hash[0]
         looks.append(look)
@@ -452,14 +425,14 @@ def _near_copy(original: np.ndarray, other_hashes: np.ndarray) -> np.ndarray | N
     """``original`` saved again as a JPEG (cropped half a pixel over if need be) so that its hash
     lies 1 to 4 bits from the original's and more than 4 from every hash in ``other_hashes``,
     still sharp (the audit then finds a near duplicate and nothing else); None if no such copy."""
-    original_hash = _perceptual_hashes(original[None])
+    original_hash = image_hashes(original[None])
     for dx in (0.0, 0.5):
         for quality in _JPEG_QUALITIES:
             copy = cv2.imdecode(cv2.imencode(".jpg", _shifted(original, dx), [cv2.IMWRITE_JPEG_QUALITY, quality])[1],
                                 cv2.IMREAD_GRAYSCALE)
-            copy_hash = _perceptual_hashes(copy[None])
-            if (1 <= _hash_distances(copy_hash, original_hash).min() <= 4
-                    and _hash_distances(copy_hash, other_hashes).min() > 4
+            copy_hash = image_hashes(copy[None])
+            if (1 <= hamming_distances(copy_hash, original_hash).min() <= 4
+                    and hamming_distances(copy_hash, other_hashes).min() > 4
                     and cv2.Laplacian(copy, cv2.CV_32F).var() >= _MIN_SHARPNESS):
                 return copy
     return None
@@ -514,14 +487,14 @@ def plant_problems(images: np.ndarray, codes: np.ndarray, usage: np.ndarray, see
         images[copy], shows[copy] = images[original], shows[original]
     given[flipped] = codes[np.roll(flipped, -1)]  # each takes the next one's label
     for row in flipped:  # drawn anew, plain to read: the wrong label is no judgement call
-        others = _perceptual_hashes(np.delete(images, row, axis=0))
+        others = image_hashes(np.delete(images, row, axis=0))
         while True:
             images[row] = _render(_EXPRESSIONS[shows[row]], _clear_look(rng), rng)
-            if _hash_distances(_perceptual_hashes(images[row][None]), others).min() >= MIN_HASH_DISTANCE:
+            if hamming_distances(image_hashes(images[row][None]), others).min() >= MIN_HASH_DISTANCE:
                 break
     images[blank], shows[blank] = _BLANK_GRAY, "blank"
     images[non_face], shows[non_face] = draw_landscape(seed), "landscape"
-    hashes = _perceptual_hashes(images)
+    hashes = image_hashes(images)
     for original in free("Training", other[1]):
         copy = _near_copy(images[original], np.delete(hashes, [original, near]))
         if copy is not None:
@@ -535,8 +508,8 @@ def plant_problems(images: np.ndarray, codes: np.ndarray, usage: np.ndarray, see
     rows = {"exact_copy_across_splits": leaked, "near_copy_across_splits": [original, near],
             "copy_with_other_label": relabelled, "flipped_labels": flipped, "blank_image": [blank],
             "non_face": [non_face]}
-    hashes = _perceptual_hashes(images)
-    close = np.argwhere(np.triu(_hash_distances(hashes, hashes) <= 4, 1))
+    hashes = image_hashes(images)
+    close = np.argwhere(np.triu(hamming_distances(hashes, hashes) <= 4, 1))
     if sorted(map(sorted, close.tolist())) != sorted(sorted(pair) for pair in (leaked, [original, near], relabelled)):
         raise SourceError("the demo's planted problems are not the only near duplicates in it",
                           "draw the demo with another seed")

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, Field
 
-from fercurate.audit.quality import perceptual_hashes
+from fercurate.phash import image_hashes
 
 REJECT_NEAR_COPY = "near copy of a real training face"
 REJECT_JUDGE = "judge probability below threshold"
@@ -45,13 +45,6 @@ class FilterScores:
     reason: np.ndarray  # object
 
 
-def phashes(images: np.ndarray) -> np.ndarray:
-    """uint64 pHash of each ``(N, H, W)`` uint8 gray image (resized to 32x32 as the audit does)."""
-    small = np.stack([cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA) for image in images]) \
-        if images.shape[1:] != (32, 32) else images
-    return perceptual_hashes(small.astype(np.float32))
-
-
 def nearest(queries: np.ndarray, reference: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     """Index and Hamming distance of each query's pHash-nearest reference hash (XOR + popcount over
     a block of queries against all references at once)."""
@@ -69,8 +62,8 @@ def score(images: np.ndarray, real: np.ndarray, parents: np.ndarray, labels: np.
     """Scores of synthetic ``images`` ``(N, S, S)`` against ``real`` training faces ``(M, S, S)``
     (the same thumbnail size, see :func:`thumbnails`); ``parents`` indexes ``real`` (-1 for none);
     ``labels`` are the intended labels."""
-    real_hashes = phashes(real) if real_hashes is None else real_hashes
-    index, hamming = nearest(phashes(images), real_hashes, options.block)
+    real_hashes = image_hashes(real) if real_hashes is None else real_hashes
+    index, hamming = nearest(image_hashes(images), real_hashes, options.block)
     compare = np.stack([index, np.where(parents >= 0, parents, index)], axis=1)
     pixel = np.empty(len(images), np.float32)
     for start in range(0, len(images), options.block):

@@ -53,7 +53,8 @@ from fercurate.options import parse_device
 from fercurate.schema import ROW_SCHEMA
 from fercurate.splits import REBALANCE_DROP_FLAG, SplitOptions
 from fercurate.synth.augment import Strength, augment_faces, face_seed
-from fercurate.synth.filter import FilterOptions, phashes, score, thumbnails
+from fercurate.phash import image_hashes
+from fercurate.synth.filter import FilterOptions, score, thumbnails
 from fercurate.synth.occluders import OCCLUDERS
 from fercurate.synth.plan import GroupColumn, Method, RebalancePlan, parse_target, plan_from_counts, training_rows
 from fercurate.synth.rows import derived_row, generated_row, store_image
@@ -290,7 +291,7 @@ def synthesize(workspace: Workspace, options: SynthesizeOptions | None = None, *
                     if real_hashes is None:  # read once, and only when something is to be made
                         parent_images, parent_points = _parent_faces(workspace, manifest, train)
                         real = thumbnails(parent_images)
-                        real_hashes = phashes(real)
+                        real_hashes = image_hashes(real)
                     if method == "augment":
                         faces, placements = _derive(parent_images, parent_points, jobs, namespace="augment",
                                                     strength=options.strength, progress=progress)

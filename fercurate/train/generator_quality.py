@@ -36,7 +36,8 @@ from fercurate.compute import load_images
 from fercurate.errors import OptionError
 from fercurate.export import ExportOptions, plan_export
 from fercurate.splits import SplitOptions
-from fercurate.synth.filter import REJECT_NEAR_COPY, FilterOptions, phashes, score, thumbnails
+from fercurate.phash import image_hashes
+from fercurate.synth.filter import REJECT_NEAR_COPY, FilterOptions, score, thumbnails
 from fercurate.synth.quality import (
     ClassQuality,
     QualityReport,
@@ -92,7 +93,7 @@ class _Judge:
         self.normalization: Normalization = meta["normalization"]
         self.column = {name: index for index, name in enumerate(meta["class_names"])}
         self.train_faces = train_faces
-        self.train_hashes = phashes(train_faces)
+        self.train_hashes = image_hashes(train_faces)
         train_labels = np.asarray(train_labels, dtype=object)
         in_report = np.isin(train_labels, list(labels))
         self.real_labels = train_labels[in_report]
