@@ -146,6 +146,50 @@ def test_sync_makes_one_sample_per_row_with_fields_and_tags(tmp_path: Path, data
     assert tagged(dataset) == planted.tags
 
 
+def test_bulk_written_samples_are_the_documents_fiftyone_writes(tmp_path: Path, dataset_name: str) -> None:
+    """The sync writes sample documents itself (for speed); they must be what ``add_samples`` writes."""
+    import fiftyone as fo
+    from bson import ObjectId
+
+    from fercurate.audit.fiftyone_sync import _LABEL_FIELDS, _label, _sample_columns
+
+    planted = planted_workspace(tmp_path)
+    n = len(planted.ids)
+    embeddings = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)
+    synced = sync_to_fiftyone(planted.workspace, planted.audit, embeddings, name=dataset_name)
+    columns, types = _sample_columns(planted.workspace, planted.workspace.manifest(), planted.audit)
+    reference = fo.Dataset(f"{dataset_name}-reference")
+    try:
+        samples = []
+        for i in range(n):
+            fields = {name: columns[name][i] for name in [*types, "filepath", "tags"]}
+            fields.update((name, _label(fo, name, columns[name][i])) for name in _LABEL_FIELDS)
+            samples.append(fo.Sample(embedding=embeddings[i], **fields))
+        reference.add_samples(samples, progress=False)
+
+        def documents(dataset: Any) -> dict[str, dict[str, Any]]:
+            varying = {"_id", "_rand", "_dataset_id", "created_at", "last_modified_at", "uniqueness"}
+            found = {}
+            for document in dataset._sample_collection.find({}):
+                for label in ("ground_truth", "prediction"):
+                    if document.get(label):
+                        assert isinstance(document[label].pop("_id"), ObjectId)  # each label has its own id
+                found[document["fercurate_id"]] = {key: value for key, value in document.items()
+                                                   if key not in varying}
+            return found
+
+        ours, theirs = documents(synced), documents(reference)
+        assert ours.keys() == theirs.keys() == set(planted.ids)
+        for row_id in planted.ids:
+            assert ours[row_id] == theirs[row_id], row_id
+        assert synced.media_type == reference.media_type == "image"
+        assert synced.first().ground_truth.label == columns["label"][0]  # FiftyOne reads them back
+        assert all(0.999 <= document["_rand"] <= 1.0 for document in synced._sample_collection.find({}, {"_rand": 1}))
+        assert len(synced.take(5, seed=0)) == 5  # random views work on the written samples
+    finally:
+        reference.delete()
+
+
 def test_saved_views_hold_exactly_the_planted_samples(tmp_path: Path, dataset_name: str) -> None:
     planted = planted_workspace(tmp_path)
     dataset = sync_to_fiftyone(planted.workspace, planted.audit, name=dataset_name)
