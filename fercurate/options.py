@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
 
 Model = TypeVar("Model", bound="BaseModel")
-NoiseModel = Literal["auto", "hog-mlp", "hog-logreg"]
+NoiseModel = Literal["auto", "cnn", "hog-mlp", "hog-logreg"]
 ModelName = Literal["vgg", "mobilenet_v2", "tiny"]
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["onecycle", "cosine"]

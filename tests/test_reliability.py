@@ -446,7 +446,7 @@ COMMAND_CASES = [
     CommandCase("train into a file", lambda ws, tmp: ["train", str(a_file(tmp)), "-w", str(ws.root)],
          "is a file", "asks for a folder"),
     CommandCase("audit --noise-model forest", lambda ws, tmp: ["audit", "-w", str(ws.root), "--noise-model", "forest"],
-         "noise_model: Input should be 'auto', 'hog-mlp' or 'hog-logreg'", "names the option and its values"),
+         "noise_model: Input should be 'auto', 'cnn', 'hog-mlp' or 'hog-logreg'", "names the option and its values"),
     CommandCase("audit --folds 1", lambda ws, tmp: ["audit", "-w", str(ws.root), "--folds", "1"],
          "folds: Input should be greater than or equal to 2", "names the option and its bound"),
     CommandCase("audit --estimator without =", lambda ws, tmp: ["audit", "-w", str(ws.root), "--estimator", "gender"],

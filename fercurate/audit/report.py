@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fercurate.audit.balance import ALL_LABELS, synthetic_share_grid
+from fercurate.audit.label_noise import ferplus_precision_table
 from fercurate.audit.result import AuditResult
 
 if TYPE_CHECKING:
@@ -141,10 +142,10 @@ def write_report(workspace: Workspace, result: AuditResult, directory: Path) -> 
                   "duplicate groups that cross splits or disagree on the label (one group per row)",
                   directory / "duplicates.png")
     issues = result.label_issues.head(_ISSUES_SHOWN)
-    tiles = [(filepaths[row.id], f"{row.label}\n-> {row.predicted_label} ({row.label_quality:.3f})")
+    tiles = [(filepaths[row.id], f"{row.label}\n-> {row.predicted_label} {row.predicted_probability:.2f}")
              for row in issues.itertuples()]
     contact_sheet(workspace, [tiles[i:i + 8] for i in range(0, len(tiles), 8)],
-                  "most likely mislabelled: given -> model (label quality)", directory / "mislabelled.png")
+                  "most likely mislabelled: given -> suggested (model probability)", directory / "mislabelled.png")
 
     for markdown, name in ((True, "report.md"), (False, "report.html")):
         text = _render(result, shown, issues, markdown)
@@ -219,8 +220,14 @@ def _render(result: AuditResult, shown: pd.DataFrame, issues: pd.DataFrame, mark
     if noise["ran"]:
         paragraph(f"Probabilities: {noise['method']}; cross-validated accuracy {noise['cross_validated_accuracy']:.1%}. "
                   f"{noise['flagged']} of {noise['audited_rows']} images flagged as likely mislabelled.")
-        if noise.get("ferplus_check"):
-            paragraph("FER+ check: " + ", ".join(f"{key} {value}" for key, value in noise["ferplus_check"].items()))
+        check = noise.get("ferplus_check")
+        if check and "precision_at" in check:
+            paragraph(f"Checked against FER+'s crowd ({check['rows_with_votes']} images with votes): how often the FER+ "
+                      "majority (and a strict majority, over half the votes) disputes the label, at the top of the "
+                      "ranking and over all images.")
+            table(ferplus_precision_table(check))
+        elif check:
+            paragraph(f"FER+ check: {check['note']}.")
         table(issues.head(25))
         image("mislabelled.png", "most likely mislabelled images")
     else:

@@ -35,7 +35,12 @@ from fercurate.audit.duplicates import find_duplicates
 from fercurate.audit.estimators import estimate_demographic
 from fercurate.audit.faces import (DEFAULT_THRESHOLD, find_faces_in_files, missing_landmarks,
                                    with_detected_landmarks)
-from fercurate.audit.label_noise import ferplus_agreement, find_label_issues, image_features
+from fercurate.audit.label_noise import (
+    DEFAULT_MAX_FLAGGED,
+    ferplus_agreement,
+    find_label_issues,
+    image_features,
+)
 from fercurate.audit.quality import QualityThresholds, measure_images, quality_flags
 from fercurate.audit.report import write_report
 from fercurate.audit.result import AuditResult
@@ -54,9 +59,13 @@ class AuditOptions(BaseModel):
     detect_faces: bool = True
     near_duplicate_distance: int = Field(4, ge=0, le=64, description="max Hamming distance of 64-bit pHashes")
     label_noise: bool = True
-    noise_model: NoiseModel = Field("auto", description="the quick model whose out-of-sample probabilities "
-                                    "cleanlab reads (see label_noise.NOISE_MODELS)")
+    noise_model: NoiseModel = Field("auto", description="the model whose out-of-sample probabilities cleanlab "
+                                    "reads (see label_noise.NOISE_MODELS)")
     folds: int = Field(5, ge=2)
+    noise_minutes: float = Field(15.0, gt=0, description="time budget of the cnn noise model, all folds together")
+    noise_device: str = Field("auto", description="where the cnn noise model trains: auto, cpu, cuda or cuda:N")
+    max_flagged: int | None = Field(DEFAULT_MAX_FLAGGED, ge=0, description="flag at most this many labels, the "
+                                    "least trustworthy first (a set sized for review); None flags all cleanlab finds")
     seed: int = 0
     embedding_dimensions: int = Field(128, ge=2)
     demographics: Path | None = Field(None, description="a sidecar CSV: id plus gender/age_group/ethnicity")
@@ -150,17 +159,23 @@ def audit_workspace(workspace: Workspace, options: AuditOptions | None = None,
         })
         noise_summary: dict[str, Any] = {"ran": False}
         if options.label_noise:
-            noise = find_label_issues(embeddings, rows["label"].to_numpy(), options.noise_model, options.folds,
-                                      options.seed)
+            noise = find_label_issues(
+                embeddings, rows["label"].to_numpy(), options.noise_model, options.folds, options.seed,
+                thumbnails=quality.thumbnails, max_minutes=options.noise_minutes, device=options.noise_device,
+                max_flagged=options.max_flagged,
+                progress=(lambda done, total: progress("label noise", 1, total)) if progress else None)
             audit_rows["label_issue"] = noise.label_issue
             audit_rows["label_quality"] = noise.label_quality
             audit_rows["predicted_label"] = noise.predicted_label
+            audit_rows["predicted_probability"] = noise.predicted_probability
             noise_summary = {
                 "ran": True, "method": noise.method, "classes": noise.classes,
                 "cross_validated_accuracy": round(noise.cross_validated_accuracy, 4),
                 "audited_rows": int(noise.audited.sum()), "flagged": int(noise.label_issue.sum()),
+                "cleanlab_issues": noise.issues_found, "max_flagged": options.max_flagged,
                 "ferplus_check": ferplus_agreement(rows["label_votes"].tolist(), rows["label"].tolist(),
-                                                   rows["label_source"].tolist(), noise.label_issue),
+                                                   rows["label_source"].tolist(), noise.label_issue,
+                                                   noise.label_quality),
             }
         lap("label noise")
 
@@ -194,9 +209,10 @@ def _assemble(audit_rows: pd.DataFrame, groups: pd.DataFrame, balance: dict[str,
     if noise["ran"]:
         issues = (audit_rows[audit_rows["label_issue"]]
                   .sort_values("label_quality")[["id", "source", "split", "label", "predicted_label",
-                                                 "label_quality"]].reset_index(drop=True))
+                                                 "predicted_probability", "label_quality"]].reset_index(drop=True))
     else:
-        issues = pd.DataFrame(columns=["id", "source", "split", "label", "predicted_label", "label_quality"])
+        issues = pd.DataFrame(columns=["id", "source", "split", "label", "predicted_label", "predicted_probability",
+                                       "label_quality"])
     quality_counts = {name: int(audit_rows[name].sum()) for name in
                       ("is_blank", "is_blurry", "too_dark", "too_bright", "size_anomaly", "unreadable",
                        "missing_image")}
