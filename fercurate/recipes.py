@@ -166,6 +166,7 @@ class TrainStep(TrainConfig):
     output: Path
     split: SplitOptions = Field(default_factory=SplitOptions)
     sources: list[str] | None = None
+    exclude_flags: list[str] = Field(default_factory=list, description="leave out rows carrying these flags")
     balance: str | None = None
     resume: bool = False
     tta_flip: bool = False
@@ -293,7 +294,8 @@ def run_step(step: Step, workspace: Workspace, **progress: Any
         return export_dataset(workspace, step.output, step.export_options())
     if isinstance(step, TrainStep):
         return train_on_workspace(workspace, step.train_config(), step.output, step.split, step.sources,
-                                  step.balance, step.resume, step.tta_flip, **progress)
+                                  step.balance, step.resume, step.tta_flip, exclude_flags=step.exclude_flags,
+                                  **progress)
     if isinstance(step, GeneratorStep):
         return train_generator(workspace, step.output, step.config(), split=step.split, sources=step.sources,
                                resume=step.resume, **progress)

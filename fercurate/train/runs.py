@@ -116,13 +116,15 @@ def evaluate_rows(result: TrainResult, workspace: Workspace, rows: pd.DataFrame,
 def train_on_workspace(workspace: Workspace, config: TrainConfig, output_dir: Path,
                        split: SplitOptions | None = None, sources: list[str] | None = None,
                        balance: str | Mapping[str, float] | None = None, resume: bool = False,
-                       tta_flip: bool = False, onnx: bool = True, progress: Progress | None = None) -> dict[str, Any]:
+                       tta_flip: bool = False, onnx: bool = True, progress: Progress | None = None, *,
+                       exclude_flags: list[str] | None = None) -> dict[str, Any]:
     """Train, select on validation, test once; write ``metrics.json``, ``confusion.png``,
     ``best.pt`` / ``last.pt`` and (``onnx``) ``model.onnx`` checked against PyTorch.
 
     ``balance`` rebalances the training split and takes what ``export --balance`` takes (see
-    :func:`~fercurate.options.parse_balance`). The workspace, the device and the balance target
-    are checked before any data is loaded or any folder is made."""
+    :func:`~fercurate.options.parse_balance`); rows carrying any of ``exclude_flags`` are left out of
+    every split, as ``export --exclude-flag`` leaves them out. The workspace, the device and the
+    balance target are checked before any data is loaded or any folder is made."""
     workspace.require()
     resolve_device(config.device)
     target = parse_balance(balance) if balance is not None else None
@@ -130,7 +132,7 @@ def train_on_workspace(workspace: Workspace, config: TrainConfig, output_dir: Pa
         raise TrainError(f"the run folder {output_dir} is a file", "give a folder for the run's files")
     output_dir.mkdir(parents=True, exist_ok=True)
     splits = workspace_splits(workspace, ExportOptions(split=split or SplitOptions(), sources=sources,
-                                                       balance=target))
+                                                       balance=target, exclude_flags=exclude_flags or []))
     if splits["train"].empty or splits["validation"].empty:
         raise TrainError("the workspace has no train or no validation rows under this split strategy",
                          "try --split-strategy grouped")
