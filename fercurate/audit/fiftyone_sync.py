@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import math
-from datetime import datetime, timezone
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -248,7 +250,7 @@ def sync_to_fiftyone(
 
     _save_views(dataset)
     if not indexed:
-        _index_embeddings(dataset, embeddings)
+        _index_embeddings(dataset, embeddings, ids)
         dataset.info[_EMBEDDINGS_INFO_KEY] = fingerprint
         dataset.save()
     return dataset
@@ -455,17 +457,23 @@ def _field_type(fo: Any, arrow_type: pa.DataType) -> tuple[Any, dict[str, Any]]:
 
 
 def _declare_fields(fo: Any, dataset: fo.Dataset, types: dict[str, pa.DataType], embeddings: np.ndarray | None) -> None:
-    """Declare every field up front, so the App can filter even on fields that are all None."""
+    """Declare every field up front, so the App can filter even on fields that are all None.
+
+    The new fields are merged into the schema in one call (FiftyOne's private
+    ``_merge_sample_field_schema``, which ``add_sample_field`` makes per field): one field at a time
+    reloaded the dataset 67 times, 6 seconds of a fresh sync.
+    """
+    from fiftyone.core.odm.utils import create_field
+
     schema = dataset.get_field_schema()
-    for name, arrow_type in types.items():
-        if name not in schema:
-            ftype, kwargs = _field_type(fo, arrow_type)
-            dataset.add_sample_field(name, ftype, **kwargs)
-    for name in ("ground_truth", "prediction"):
-        if name not in schema:
-            dataset.add_sample_field(name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
-    if embeddings is not None and EMBEDDING_FIELD not in schema:
-        dataset.add_sample_field(EMBEDDING_FIELD, fo.VectorField)
+    wanted = {name: _field_type(fo, arrow_type) for name, arrow_type in types.items()}
+    wanted.update({name: (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Classification})
+                   for name in ("ground_truth", "prediction")})
+    if embeddings is not None:
+        wanted[EMBEDDING_FIELD] = (fo.VectorField, {})
+    new = {name: create_field(name, ftype, **kwargs) for name, (ftype, kwargs) in wanted.items() if name not in schema}
+    if new:
+        dataset._merge_sample_field_schema(new)
     dataset.create_index(_ID_FIELD, unique=True)
 
 
@@ -505,7 +513,6 @@ def _add_samples(
     if not rows:
         return
     from bson import Binary, ObjectId
-    from fiftyone.core.utils import serialize_numpy_array
 
     if dataset.media_type is None:
         dataset.media_type = "image"
@@ -513,8 +520,9 @@ def _add_samples(
     now = datetime.now(timezone.utc).replace(tzinfo=None)  # FiftyOne stores naive UTC times
     header = {"_media_type": "image", "_dataset_id": dataset._doc.id, "created_at": now, "last_modified_at": now}
     jitter = np.random.default_rng().random(len(rows)) * 0.001 + 0.999  # FiftyOne's `_rand` for random views
+    vectors = _serialized_vectors(embeddings[list(rows)]) if embeddings is not None else None
     documents = []
-    for i, rand in zip(rows, jitter.tolist()):
+    for n, (i, rand) in enumerate(zip(rows, jitter.tolist())):
         document = {"_id": ObjectId(), "_rand": rand, **header}
         document.update((name, columns[name][i]) for name in plain if columns[name][i] is not None)
         for name in _LABEL_FIELDS:
@@ -522,10 +530,20 @@ def _add_samples(
             if value is not None:
                 document[name] = value
         if embeddings is not None:
-            document[EMBEDDING_FIELD] = Binary(serialize_numpy_array(embeddings[i]))
+            document[EMBEDDING_FIELD] = Binary(vectors[n])
         documents.append(document)
     for start in range(0, len(documents), _INSERT_BATCH):
         dataset._sample_collection.insert_many(documents[start:start + _INSERT_BATCH], ordered=False)
+
+
+def _serialized_vectors(vectors: np.ndarray) -> list[bytes]:
+    """Each row as FiftyOne stores a vector (``np.save`` bytes, zlib-compressed), with the ``.npy``
+    header, the same for every row, made once: 3.5 s less for FER2013's 35,887 embeddings."""
+    vectors = np.ascontiguousarray(vectors)
+    with io.BytesIO() as buffer:
+        np.save(buffer, vectors[0], allow_pickle=False)
+        header = buffer.getvalue()[:-vectors[0].nbytes]
+    return [zlib.compress(header + row.tobytes()) for row in vectors]
 
 
 #: Documents per database write when adding samples.
@@ -620,8 +638,9 @@ def _save_views(dataset: fo.Dataset) -> None:
         dataset.delete_saved_view(THIN_CELLS_VIEW.name)
 
 
-def _index_embeddings(dataset: fo.Dataset, embeddings: np.ndarray | None) -> None:
-    """Replace the similarity index and uniqueness scores; without embeddings, remove them."""
+def _index_embeddings(dataset: fo.Dataset, embeddings: np.ndarray | None, row_ids: Sequence[str]) -> None:
+    """Replace the similarity index and uniqueness scores (``embeddings`` has a row per id of ``row_ids``);
+    without embeddings, remove them."""
     for key in (SIMILARITY_KEY, UNIQUENESS_FIELD):
         if dataset.has_brain_run(key):
             dataset.delete_brain_run(key)
@@ -634,8 +653,10 @@ def _index_embeddings(dataset: fo.Dataset, embeddings: np.ndarray | None) -> Non
     with quiet_fiftyone():
         fob.compute_similarity(dataset, embeddings=EMBEDDING_FIELD, backend="sklearn", brain_key=SIMILARITY_KEY,
                                progress=False)
-        fob.compute_uniqueness(dataset, embeddings=EMBEDDING_FIELD, uniqueness_field=UNIQUENESS_FIELD,
-                               progress=False)
+        # Uniqueness from the array in the dataset's order: reading the field back costs 10 s on FER2013.
+        row_of = {row_id: i for i, row_id in enumerate(row_ids)}
+        in_order = embeddings[[row_of[row_id] for row_id in dataset.values(_ID_FIELD)]]
+        fob.compute_uniqueness(dataset, embeddings=in_order, uniqueness_field=UNIQUENESS_FIELD, progress=False)
 
 
 def sync_audit_to_fiftyone(workspace: Workspace, name: str | None = None) -> fo.Dataset:
