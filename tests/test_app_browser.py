@@ -3,18 +3,15 @@ Chromium, the page names the dataset, counts its samples, draws their faces, and
 opens by its URL with exactly its planted samples.
 
 Chromium is Debian's (``tests/ci_install_browser.sh`` installs it); without one these tests skip.
-Pages are loaded one after another, never at once: every tab of one App session shares its
+Pages are rendered by :func:`fercurate.audit.browser.render_page`, the call that makes the README's
+pictures. They are loaded one after another, never at once: every tab of one App session shares its
 state, so a tab that opens a saved view switches the others to it too.
 """
 
 from __future__ import annotations
 
-import html
 import re
-import shutil
 import socket
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,36 +22,16 @@ import pytest
 from conftest import fiftyone_database_dir
 from test_fiftyone import Planted, planted_workspace
 
+from fercurate.audit.browser import chromium_binary, render_page
 from fercurate.audit.fiftyone_app import AppHandle, launch_app
 from fercurate.audit.fiftyone_sync import SAVED_VIEWS, sync_to_fiftyone
 from fercurate.errors import FiftyOneError
-
-#: Flags that make headless Chromium work in a container, offline (see /work/shared/STACK.md).
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,900")
-#: Virtual-time budgets (ms) to try in turn: without one the page is captured before the App has
-#: drawn anything; a page that is not ready within the first is loaded again with the next.
-BUDGETS_MS = (10_000, 30_000)
-
-
-def chromium_binary() -> str | None:
-    for candidate in ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(candidate)
-        if found:
-            return found
-    return None
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def visible_text(dom: str) -> str:
-    """The text a reader sees in a dumped DOM, whitespace collapsed."""
-    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
-    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom))).strip()
 
 
 @dataclass
@@ -66,19 +43,7 @@ class Served:
     def render(self, url: str, expected: list[str], screenshot: Path | None = None) -> str:
         """Load ``url`` in headless Chromium; return the page's visible text once every
         ``expected`` string is in it (trying the longer budget if needed)."""
-        text = ""
-        for budget in BUDGETS_MS:
-            with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-                extra = [f"--screenshot={screenshot}"] if screenshot else []
-                result = subprocess.run(
-                    [self.chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                     f"--virtual-time-budget={budget}", "--dump-dom", *extra, url],
-                    capture_output=True, text=True, timeout=120)
-            assert result.returncode == 0, result.stderr[-2000:]
-            text = visible_text(result.stdout)
-            if all(item in text for item in expected):
-                break
-        return text
+        return render_page(url, expected, screenshot=screenshot, chromium=self.chromium)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ disagree and of the most likely mislabelled faces.
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -157,7 +158,8 @@ def _render(result: AuditResult, shown: pd.DataFrame, issues: pd.DataFrame, mark
     parts: list[str] = []
 
     def heading(text: str) -> None:
-        parts.append(f"## {text}\n" if markdown else f"<h2>{html.escape(text)}</h2>")
+        anchor = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")  # report.html#label-noise links here
+        parts.append(f"## {text}\n" if markdown else f'<h2 id="{anchor}">{html.escape(text)}</h2>')
 
     def paragraph(text: str) -> None:
         parts.append(text + "\n" if markdown else f"<p>{html.escape(text)}</p>")
