@@ -9,16 +9,16 @@ then scores every label's quality and flags label issues; the flags are capped t
 ``max_flagged`` (a set a person can review), and each says which label the model suggests and
 with what probability.
 
-Measured against FER+'s crowd of ten on FER2013 (README): the HOG + MLP model's 1,000 most doubted
-labels are disputed by the FER+ majority 62% of the time, the CNN's far more often, against a base
-rate of 37%. :func:`ferplus_precision_at` is that measurement, reported by every audit of a
-workspace with FER+ votes and FER2013's own labels.
+Measured against FER+'s crowd of ten on the full FER2013 (README): the FER+ majority disputes 61% of
+the HOG + MLP model's 1,000 most doubted labels and 83% of the CNN's, against a base rate of 35%.
+:func:`ferplus_agreement` is that measurement, reported by every audit of a workspace with FER+
+votes and FER2013's own labels.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -119,7 +119,9 @@ def find_label_issues(features: np.ndarray, labels: np.ndarray, model: str = "au
     index = {label: i for i, label in enumerate(classes)}
     targets = np.array([index[label] for label in labels[audited]])
     if model == "cnn":
-        from fercurate.audit.noise_cnn import cnn_out_of_fold_probabilities  # torch: imported only when used
+        from fercurate.audit.noise_cnn import (
+            cnn_out_of_fold_probabilities,  # torch: imported only when used
+        )
 
         probabilities = cnn_out_of_fold_probabilities(
             thumbnails[audited], targets, len(classes), folds=folds, seed=seed, max_minutes=max_minutes,

@@ -64,7 +64,7 @@ class AuditOptions(BaseModel):
     folds: int = Field(5, ge=2)
     noise_minutes: float = Field(15.0, gt=0, description="time budget of the cnn noise model, all folds together")
     noise_device: str = Field("auto", description="where the cnn noise model trains: auto, cpu, cuda or cuda:N")
-    max_flagged: int | None = Field(DEFAULT_MAX_FLAGGED, ge=0, description="flag at most this many labels, the "
+    max_flagged: int | None = Field(DEFAULT_MAX_FLAGGED, ge=1, description="flag at most this many labels, the "
                                     "least trustworthy first (a set sized for review); None flags all cleanlab finds")
     seed: int = 0
     embedding_dimensions: int = Field(128, ge=2)
