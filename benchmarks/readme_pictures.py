@@ -14,23 +14,16 @@ renders with headless Chromium, through the same call the browser tests check th
 from __future__ import annotations
 
 import argparse
-import socket
 import tempfile
 import time
 from pathlib import Path
 
 from fercurate.audit.browser import render_page
-from fercurate.audit.fiftyone_app import launch_app
+from fercurate.audit.fiftyone_app import free_port, launch_app
 from fercurate.audit.fiftyone_sync import sync_audit_to_fiftyone
 from fercurate.workspace import Workspace
 
 VIEW = "likely mislabelled"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def label_noise_page(report: Path, folder: Path) -> Path:

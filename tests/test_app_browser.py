@@ -11,7 +11,6 @@ state, so a tab that opens a saved view switches the others to it too.
 from __future__ import annotations
 
 import re
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,15 +22,9 @@ from conftest import fiftyone_database_dir
 from test_fiftyone import Planted, planted_workspace
 
 from fercurate.audit.browser import chromium_binary, render_page
-from fercurate.audit.fiftyone_app import AppHandle, launch_app
+from fercurate.audit.fiftyone_app import AppHandle, free_port, launch_app
 from fercurate.audit.fiftyone_sync import SAVED_VIEWS, sync_to_fiftyone
 from fercurate.errors import FiftyOneError
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

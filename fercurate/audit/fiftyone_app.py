@@ -40,6 +40,13 @@ class AppHandle:
         return f"{self.url}datasets/{self.session.dataset.slug}"
 
 
+def free_port(address: str = "127.0.0.1") -> int:
+    """A port on ``address`` that nothing listens on now, for an App nobody has to type the port of."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((address, 0))
+        return probe.getsockname()[1]
+
+
 def launch_app(
     dataset: fo.Dataset,
     address: str = "127.0.0.1",

@@ -99,7 +99,7 @@ def find_label_issues(features: np.ndarray, labels: np.ndarray, model: str = "au
 
     if model == "auto":
         model = "cnn" if len(labels) >= _CNN_FROM and thumbnails is not None else "hog-logreg"
-    if model not in NOISE_MODELS or model == "auto":
+    if model not in NOISE_MODELS:
         raise OptionError(f"unknown noise model {model!r}", f"use one of {', '.join(NOISE_MODELS)}")
     if model == "cnn" and thumbnails is None:
         raise OptionError("the cnn noise model needs the face thumbnails", "pass thumbnails=")
@@ -146,6 +146,7 @@ def find_label_issues(features: np.ndarray, labels: np.ndarray, model: str = "au
 
 def _sklearn_out_of_fold_probabilities(model: str, features: np.ndarray, targets: np.ndarray, folds: int,
                                        seed: int) -> np.ndarray:
+    """Out-of-fold probabilities of a HOG model (see :func:`_model`), stratified folds."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning

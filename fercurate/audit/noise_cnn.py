@@ -82,6 +82,11 @@ def _batch_size(faces: int) -> int:
     return min(BATCH_SIZE, max(16, faces // 8))
 
 
+def _planned_steps(faces: int, epochs: int) -> int:
+    """Steps a fold of ``faces`` training faces plans before any budget cut."""
+    return max(MIN_STEPS, epochs * max(1, faces // _batch_size(faces)))
+
+
 def _schedule(step: int, planned: int) -> float:
     """The learning rate's share at ``step`` of ``planned``: a linear warm-up over the first 5%, then a
     cosine to zero; re-planning shortens the cosine from where it is."""
@@ -101,7 +106,7 @@ def _train_fold(images: torch.Tensor, targets: torch.Tensor, num_classes: int, *
     dtype = autocast_dtype(True, device)
     batch_size = _batch_size(len(targets))
     per_epoch = max(1, len(targets) // batch_size)
-    planned = max(epochs * per_epoch, MIN_STEPS)
+    planned = _planned_steps(len(targets), epochs)
     step, started = 0, time.perf_counter()
     model.train()
     while step < planned:
@@ -165,8 +170,7 @@ def cnn_out_of_fold_probabilities(
     labels = torch.from_numpy(np.asarray(targets, dtype=np.int64)).to(torch_device)
     probabilities = np.zeros((len(targets), num_classes))
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    fold_faces = len(targets) * (folds - 1) // folds
-    total = folds * max(MIN_STEPS, epochs * max(1, fold_faces // _batch_size(fold_faces)))
+    total = folds * _planned_steps(len(targets) * (folds - 1) // folds, epochs)
     done = 0
 
     def on_step() -> None:
