@@ -171,11 +171,14 @@ def test_subset_joins_and_foreign_faces_are_skipped(release: ReleaseTable, tmp_p
     space = Workspace(tmp_path / "ws")
     space.ingest(open_source("fer2013", write_fer2013_csv(tmp_path / "fer2013.csv", rows)))
     report = space.ingest(open_source("ferplus", votes_file(tmp_path, VOTES)))
-    assert report.rows_relabelled == 2
+    assert report.rows_relabelled == 3  # two joined faces, and the foreign face flagged
     assert {(skip.location, skip.reason) for skip in report.skips} == {
         ("fer2013/PublicTest/00002", "no release row"),
         ("fer2013new.csv:4", "no matching row"), ("fer2013new.csv:5", "no matching row")}
-    assert {row["id"]: row["label"] for row in space.manifest().to_pylist()}["fer2013/PublicTest/00002"] == "happiness"
+    foreign = {row["id"]: row for row in space.manifest().to_pylist()}["fer2013/PublicTest/00002"]
+    assert (foreign["label"], foreign["label_source"], foreign["flags"], foreign["label_votes"]) == (
+        "happiness", "original", ["ferplus-no-votes"], None)  # FER2013's label, kept and flagged for export
+    assert report.flag_counts["ferplus-no-votes"] == 1
 
 
 def test_image_folder_release_joins_through_the_shipped_table(release: ReleaseTable, tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ Votes must be finite and non-negative (else the row is skipped as ``invalid vote
 
 Flags, never silent drops: ``ferplus-not-face`` (NF has the most votes), ``ferplus-unknown``
 (unknown has the most votes), ``ferplus-no-image`` (FER+ left the image name empty: it excluded
-the image), ``ferplus-no-majority``.
+the image), ``ferplus-no-majority``, ``ferplus-no-votes`` (the workspace row's face is no release
+row, or several alike: FER+ says nothing about it, so it keeps its FER2013 label).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ CSV_ROW_ID = re.compile(r"^fer2013/(?:Training|PublicTest|PrivateTest)/(\d+)$")
 FOLDER_ROW_ID = re.compile(r"^fer2013/(?:Training|PublicTest|PrivateTest)/([^/]+/[^/]+)$")
 #: Below this share of verified claims, the workspace's FER2013 rows are not the release's order.
 MIN_VERIFIED_SHARE = 0.5
+#: The flag of a workspace FER2013 row that FER+ gives no votes (its face is no release row).
+NO_VOTES_FLAG = "ferplus-no-votes"
 
 
 def ferplus_label(votes: np.ndarray, mode: str) -> tuple[str | None, list[str]]:
@@ -159,8 +162,9 @@ class FerPlus(Source):
         """Retarget ``relabels`` (whose ids name release rows, ``fer2013/<Usage>/<row>``) onto the
         workspace rows that are those faces; see the module docstring for the rule. ``image_path``
         gives the absolute path of a manifest ``filepath``. Relabels of release rows that no
-        workspace row is become ``no matching row`` skips, as do workspace FER2013 rows that match
-        no release row (or several)."""
+        workspace row is become ``no matching row`` skips. A workspace FER2013 row that matches no
+        release row (or several) gets a skip that says why and a flags-only relabel: its FER2013
+        label, no votes and the ``ferplus-no-votes`` flag, so export and train can leave it out."""
         rows = manifest.filter(pc.equal(manifest["source"], "fer2013")).select(["id", "filepath", "source_split"])
         if not relabels or rows.num_rows == 0:
             return relabels, []
@@ -204,15 +208,18 @@ class FerPlus(Source):
         matched = np.where(by_position, claimed, -1)
         matched[unmatched[(nearest >= 0) & unique]] = nearest[(nearest >= 0) & unique]
         ambiguous = set(unmatched[(nearest >= 0) & ~unique].tolist())
+        no_votes = np.flatnonzero(matched < 0).tolist()
+        unvoted = f"no FER+ votes, flagged {NO_VOTES_FLAG}"
         skips = [Skip(ids[index], "ambiguous release row",
-                      "its image matches several rows of the original fer2013.csv alike; no FER+ votes")
+                      f"its image matches several rows of the original fer2013.csv alike; {unvoted}")
                  if index in ambiguous else
-                 Skip(ids[index], "no release row", "its image is no row of the original fer2013.csv; no FER+ votes")
-                 for index in np.flatnonzero(matched < 0).tolist()]
+                 Skip(ids[index], "no release row", f"its image is no row of the original fer2013.csv; {unvoted}")
+                 for index in no_votes]
         targets: dict[int, list[str]] = {}
         for index in np.flatnonzero(matched >= 0):
             targets.setdefault(int(matched[index]), []).append(ids[index])
-        resolved: list[Relabel] = []
+        resolved = [Relabel(ids[index], ids[index], {"label_votes": None, "flags": [NO_VOTES_FLAG]},
+                            restore_original_label=True) for index in no_votes]
         for relabel in relabels:
             row = int(relabel.id.rsplit("/", 1)[1])
             found = targets.get(row)
