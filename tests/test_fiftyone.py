@@ -22,6 +22,7 @@ import pytest
 
 from fercurate.audit.fiftyone_database import prepare_fiftyone_database
 from fercurate.audit.fiftyone_sync import SAVED_VIEWS, sync_to_fiftyone
+from fercurate.audit.uniqueness import embedding_uniqueness
 from fercurate.errors import FiftyOneError
 from fercurate.schema import ROW_SCHEMA
 from fercurate.sources.demo import open_demo
@@ -72,7 +73,8 @@ def planted_workspace(folder: Path) -> Planted:
     columns: dict[str, list[Any]] = {
         "id": ids,
         "brightness": [0.5] * n, "contrast": [0.2] * n, "blur": [120.0] * n,
-        "face_detected": [i != 7 for i in range(n)],
+        "face_detected": [i not in (7, 12) for i in range(n)],  # 12: a face the detector missed, not flagged
+        "not_a_face": [i == 7 for i in range(n)],
         "is_blank": [i == 8 for i in range(n)],
         "size_anomaly": [False] * n,
         "exact_group": [2 if i in (5, 6) else -1 for i in range(n)],
@@ -245,6 +247,8 @@ def test_resync_adds_new_rows_updates_changed_ones_and_keeps_reviewer_tags(tmp_p
 
 
 def test_embeddings_give_similarity_and_uniqueness(tmp_path: Path, dataset_name: str) -> None:
+    import fiftyone.brain as fob
+
     planted = planted_workspace(tmp_path)
     n = len(planted.ids)
     rng = np.random.default_rng(0)
@@ -254,12 +258,15 @@ def test_embeddings_give_similarity_and_uniqueness(tmp_path: Path, dataset_name:
     query, copy, outlier = 4, 15, 17
     embeddings[copy] = embeddings[query] + 0.001 * rng.standard_normal(16).astype(np.float32)
     embeddings[outlier] = directions[3]
+    audit = planted.audit.append_column("uniqueness", pa.array(embedding_uniqueness(embeddings)))
 
-    dataset = sync_to_fiftyone(planted.workspace, planted.audit, embeddings, name=dataset_name)
+    dataset = sync_to_fiftyone(planted.workspace, audit, embeddings, name=dataset_name)
     sample_ids = dict(zip(*dataset.values(["fercurate_id", "id"])))
-    assert set(dataset.list_brain_runs()) == {"similarity", "uniqueness"}
+    assert dataset.list_brain_runs() == ["similarity"]
     nearest = dataset.sort_by_similarity(sample_ids[planted.ids[query]], k=2, brain_key="similarity")
     assert nearest.values("fercurate_id") == [planted.ids[query], planted.ids[copy]]
+    index = dataset.load_brain_results("similarity")  # as the App loads it: from the embedding field
+    assert index.config.embeddings_field == "embedding" and index.total_index_size == n
 
     uniqueness = dict(zip(*dataset.values(["fercurate_id", "uniqueness"])))
     assert all(0.0 <= value <= 1.0 for value in uniqueness.values())
@@ -268,8 +275,12 @@ def test_embeddings_give_similarity_and_uniqueness(tmp_path: Path, dataset_name:
     stored = dataset.select(sample_ids[planted.ids[copy]]).first().embedding
     np.testing.assert_array_equal(stored, embeddings[copy])
 
-    dataset = sync_to_fiftyone(planted.workspace, planted.audit, name=dataset_name)  # no embeddings now
+    # a dataset synced before uniqueness was an audit column holds a Brain run of that name
+    fob.compute_uniqueness(dataset, embeddings=np.stack(dataset.values("embedding")), uniqueness_field="uniqueness",
+                           progress=False)
+    dataset = sync_to_fiftyone(planted.workspace, audit, name=dataset_name)  # no embeddings now
     assert dataset.list_brain_runs() == [] and set(dataset.values("embedding")) == {None}
+    assert dict(zip(*dataset.values(["fercurate_id", "uniqueness"]))) == uniqueness  # the audit's, kept
 
 
 def test_prepare_is_idempotent_and_a_started_database_does_not_move(fiftyone_database: Path,

@@ -62,6 +62,7 @@ AUDIT_COLUMNS: dict[str, pa.DataType] = {
     "is_blank": pa.bool_(),
     "size_anomaly": pa.bool_(),
     "face_detected": pa.bool_(),
+    "not_a_face": pa.bool_(),
     "phash": pa.string(),
     "exact_group": pa.int64(),
     "near_group": pa.int64(),
@@ -72,6 +73,7 @@ AUDIT_COLUMNS: dict[str, pa.DataType] = {
     "label_quality": pa.float64(),
     "predicted_label": pa.string(),
     "predicted_probability": pa.float64(),
+    "uniqueness": pa.float64(),
     **{column: pa.string() for column in THIN_CELL_COLUMNS.values()},
 }
 #: Audit group columns use -1 for "no group"; FiftyOne gets None so the App can filter on it.
@@ -82,7 +84,7 @@ AUDIT_TAGS: dict[str, tuple[str, bool]] = {
     "near-duplicate-across-splits": ("cross_split_duplicate", True),
     "conflicting-duplicate-labels": ("conflicting_duplicate_labels", True),
     "likely-mislabelled": ("label_issue", True),
-    "no-face": ("face_detected", False),
+    "no-face": ("not_a_face", True),
     "blank": ("is_blank", True),
     "synthetic": ("is_synthetic", True),
 }
@@ -152,7 +154,10 @@ SAVED_VIEWS: tuple[SavedView, ...] = (
     SavedView("conflicting duplicate labels",
               "Duplicates of one face that carry different labels; grouped by duplicate group.",
               _tagged("conflicting-duplicate-labels", ("exact_group", "near_group"))),
-    SavedView("no face detected", "Rows where the face detector found no face.", _tagged("no-face")),
+    SavedView("no face detected", "Images that show no face: dlib finds nothing face-like even at a permissive "
+              "threshold, or the image is a flat graphic (a placeholder, an icon, a blank). Faces the detector only "
+              "missed (profile, tilted, covered) have face_detected false: filter it in the sidebar.",
+              _tagged("no-face")),
     SavedView("synthetic", "Rows made by a generator or augmentation, not photographed, with their generator, "
               "parent, seed, recipe and filter scores; by generator, least convincing (judge) first.",
               _tagged("synthetic", ("generator", "judge_probability"), PROVENANCE_FIELDS)),
@@ -167,7 +172,8 @@ THIN_CELLS_VIEW = SavedView(
     _faces_in_thin_cells)
 
 SIMILARITY_KEY = "similarity"
-UNIQUENESS_FIELD = "uniqueness"
+#: Syncs before December 2026 made ``uniqueness`` a Brain run; it is an audit column now.
+_OLD_UNIQUENESS_RUN = "uniqueness"
 EMBEDDING_FIELD = "embedding"
 _WORKSPACE_INFO_KEY = "fercurate_workspace"
 _EMBEDDINGS_INFO_KEY = "fercurate_embeddings_sha1"
@@ -177,7 +183,7 @@ _EXTRA_FIELDS_INFO_KEY = "fercurate_extra_audit_fields"
 _MANIFEST_FIELDS = tuple(_ID_FIELD if name == "id" else name for name in ROW_SCHEMA.names if name != "filepath")
 #: Sample fields that FiftyOne owns or that sync derives: no audit column may use these names.
 _RESERVED_FIELDS = ("tags", "metadata", "media_type", "created_at", "last_modified_at", _ID_FIELD,
-                    "ground_truth", "prediction", EMBEDDING_FIELD, UNIQUENESS_FIELD, *_FAMILY_TYPES)
+                    "ground_truth", "prediction", EMBEDDING_FIELD, *_FAMILY_TYPES)
 
 
 
@@ -198,9 +204,11 @@ def sync_to_fiftyone(
     ``audit_rows`` (keyed by ``id``) adds per-row audit results (see :data:`AUDIT_COLUMNS`; any
     may be absent, and their values win over the manifest's quality columns), the tags of
     :data:`AUDIT_TAGS`, and ``predicted_label`` as the classification ``prediction`` with
-    confidence ``predicted_probability`` (``1 - label_quality`` where that is absent). ``embeddings`` (one row per manifest row, in manifest
-    order) are stored on ``embedding`` and indexed by FiftyOne Brain: similarity (brain key
-    ``similarity``, sklearn backend) and uniqueness (field ``uniqueness``), all offline.
+    confidence ``predicted_probability`` (``1 - label_quality`` where that is absent); the audit's
+    ``uniqueness`` (Brain's score, see :mod:`fercurate.audit.uniqueness`) is a field to sort by.
+    ``embeddings`` (one row per manifest row, in manifest order) are stored on ``embedding`` and
+    indexed by FiftyOne Brain for similarity search (brain key ``similarity``, sklearn backend), all
+    offline.
 
     The dataset mirrors its inputs: a re-sync adds new rows, deletes removed ones, and updates
     only the fields that changed (matching samples by ``fercurate_id``); audit fields, embeddings
@@ -229,6 +237,8 @@ def sync_to_fiftyone(
             )
     columns, field_types = _sample_columns(workspace, manifest, audit_rows)
     dataset = _open_dataset(fo, name, workspace)
+    if dataset.has_brain_run(_OLD_UNIQUENESS_RUN):
+        dataset.delete_brain_run(_OLD_UNIQUENESS_RUN)  # also deletes its field: the audit's column replaces it
     _drop_extra_fields_not_given(dataset, field_types)
     _declare_fields(fo, dataset, field_types, embeddings)
 
@@ -242,8 +252,7 @@ def sync_to_fiftyone(
     # Embeddings and the brain runs built on them are rewritten only when they (or the rows) changed.
     fingerprint = None if embeddings is None else _fingerprint(ids, embeddings)
     indexed = (fingerprint is not None and fingerprint == dataset.info.get(_EMBEDDINGS_INFO_KEY)
-               and not stale and len(kept) == len(ids)
-               and dataset.has_brain_run(SIMILARITY_KEY) and dataset.has_brain_run(UNIQUENESS_FIELD))
+               and not stale and len(kept) == len(ids) and dataset.has_brain_run(SIMILARITY_KEY))
     _update_samples(fo, dataset, columns, field_types, kept, None if indexed else embeddings)
     _add_samples(fo, dataset, columns, field_types, [i for i, row_id in enumerate(ids) if row_id not in kept],
                  embeddings)
@@ -639,24 +648,31 @@ def _save_views(dataset: fo.Dataset) -> None:
 
 
 def _index_embeddings(dataset: fo.Dataset, embeddings: np.ndarray | None, row_ids: Sequence[str]) -> None:
-    """Replace the similarity index and uniqueness scores (``embeddings`` has a row per id of ``row_ids``);
-    without embeddings, remove them."""
-    for key in (SIMILARITY_KEY, UNIQUENESS_FIELD):
-        if dataset.has_brain_run(key):
-            dataset.delete_brain_run(key)
+    """Replace the similarity index (``embeddings`` has a row per id of ``row_ids``); without
+    embeddings, remove it and the ``embedding`` field.
+
+    The index is Brain's sklearn one on the ``embedding`` field (so its stored results hold no
+    copy of the vectors), built from the array in the dataset's order: ``compute_similarity``
+    would read the 35,887 vectors of FER2013 back from the database first, 7 of a sync's seconds.
+    """
+    if dataset.has_brain_run(SIMILARITY_KEY):
+        dataset.delete_brain_run(SIMILARITY_KEY)
     if embeddings is None or len(embeddings) == 0:
         if EMBEDDING_FIELD in dataset.get_field_schema():
             dataset.clear_sample_field(EMBEDDING_FIELD)
         return
-    import fiftyone.brain as fob
+    from fiftyone.brain.internal.core.sklearn import SklearnSimilarityConfig, SklearnSimilarityIndex
 
-    with quiet_fiftyone():
-        fob.compute_similarity(dataset, embeddings=EMBEDDING_FIELD, backend="sklearn", brain_key=SIMILARITY_KEY,
-                               progress=False)
-        # Uniqueness from the array in the dataset's order: reading the field back costs 10 s on FER2013.
-        row_of = {row_id: i for i, row_id in enumerate(row_ids)}
-        in_order = embeddings[[row_of[row_id] for row_id in dataset.values(_ID_FIELD)]]
-        fob.compute_uniqueness(dataset, embeddings=in_order, uniqueness_field=UNIQUENESS_FIELD, progress=False)
+    sample_ids, in_dataset = dataset.values(["id", _ID_FIELD])
+    row_of = {row_id: i for i, row_id in enumerate(row_ids)}
+    config = SklearnSimilarityConfig(embeddings_field=EMBEDDING_FIELD, metric="cosine")
+    method = config.build()
+    method.ensure_requirements()
+    method.register_run(dataset, SIMILARITY_KEY)
+    index = SklearnSimilarityIndex(dataset, config, SIMILARITY_KEY, backend=method,
+                                   embeddings=embeddings[[row_of[row_id] for row_id in in_dataset]],
+                                   sample_ids=np.asarray(sample_ids))
+    method.save_run_results(dataset, SIMILARITY_KEY, index)
 
 
 def sync_audit_to_fiftyone(workspace: Workspace, name: str | None = None) -> fo.Dataset:

@@ -27,13 +27,6 @@ from fercurate.sources.demo import PlantedDemo, read_planted
 from fercurate.workspace import Workspace
 
 
-def _no_face(rows: pd.DataFrame) -> pd.Series | None:
-    if "face_detected" not in rows or rows["face_detected"].isna().all():
-        return None  # the audit ran without face detection
-    measured = ~(rows["unreadable"].astype(bool) | rows["missing_image"].astype(bool))
-    return ~rows["face_detected"].fillna(True).astype(bool) & measured
-
-
 def _column(name: str) -> Callable[[pd.DataFrame], pd.Series | None]:
     return lambda rows: rows[name].fillna(False).astype(bool) if name in rows else None
 
@@ -52,7 +45,7 @@ CHECKS: dict[str, Callable[[pd.DataFrame], pd.Series | None]] = {
     "size anomaly": _column("size_anomaly"),
     "unreadable": _column("unreadable"),
     "missing image": _column("missing_image"),
-    "no face detected": _no_face,
+    "no face detected": _column("not_a_face"),
     **{f"thin {column} cell": (lambda rows, name=name: rows[name].notna() if name in rows else None)
        for column, name in THIN_CELL_COLUMNS.items()},
 }

@@ -7,7 +7,7 @@ its findings in ``<workspace>/audit/``:
     rows.parquet              one row per face: every measurement and flag (manifest order)
     duplicate_groups.parquet  one row per near-duplicate group: members, splits, labels
     label_issues.parquet      likely mislabelled faces, worst first
-    embeddings.npy            the feature vectors (manifest order) FiftyOne's Brain uses
+    embeddings.npy            the feature vectors (manifest order) FiftyOne's similarity index uses
     summary.json              the figures the report and ``--json`` show (strict JSON: a figure
                               that cannot be computed, such as an accuracy over no rows, is null)
 
@@ -44,6 +44,7 @@ from fercurate.audit.label_noise import (
 from fercurate.audit.quality import QualityThresholds, measure_images, quality_flags
 from fercurate.audit.report import write_report
 from fercurate.audit.result import AuditResult
+from fercurate.audit.uniqueness import embedding_uniqueness
 from fercurate.atomic import atomic_path
 from fercurate.errors import AuditError
 from fercurate.options import NoiseModel
@@ -148,6 +149,8 @@ def audit_workspace(workspace: Workspace, options: AuditOptions | None = None,
         lap("duplicates")
 
         embeddings = image_features(quality.thumbnails, options.embedding_dimensions, options.seed)
+        uniqueness = embedding_uniqueness(embeddings)
+        lap("embeddings")
         audit_rows = pd.DataFrame({
             "id": rows["id"], "source": rows["source"], "split": splits, "label": rows["label"],
             "brightness": quality.brightness, "contrast": quality.contrast, "blur": quality.blur,
@@ -155,7 +158,8 @@ def audit_workspace(workspace: Workspace, options: AuditOptions | None = None,
             "phash": [f"{value:016x}" for value in quality.phash.tolist()],
             "exact_group": duplicates.exact_group, "near_group": duplicates.near_group,
             "duplicate_of": duplicates.duplicate_of, "cross_split_duplicate": duplicates.cross_split,
-            "conflicting_duplicate_labels": duplicates.conflicting_labels, **balance["thin_cells"],
+            "conflicting_duplicate_labels": duplicates.conflicting_labels, "uniqueness": uniqueness,
+            **balance["thin_cells"],
         })
         noise_summary: dict[str, Any] = {"ran": False}
         if options.label_noise:
@@ -219,6 +223,8 @@ def _assemble(audit_rows: pd.DataFrame, groups: pd.DataFrame, balance: dict[str,
     if options.detect_faces:
         measured = ~(audit_rows["unreadable"] | audit_rows["missing_image"])
         quality_counts["no_face_detected"] = int((~audit_rows["face_detected"].astype(bool) & measured).sum())
+    if "not_a_face" in audit_rows:
+        quality_counts["not_a_face"] = int(audit_rows["not_a_face"].sum())
     summary = {
         "rows": len(audit_rows),
         "options": json.loads(options.model_dump_json()),
