@@ -247,6 +247,9 @@ def audit(
         help="Store 5 landmark points per face (dlib, offline) where the manifest has none (CK+'s 68 points "
              "are kept); synthesize then places occluders from them. Reuses the face check's dlib search, so it "
              "is almost free with the default --faces --face-detector dlib; otherwise it searches every image.")] = True,
+    not_face_score: Annotated[Optional[float], typer.Option(
+        help="dlib score on a tight crop below which nothing face-like was found, so the image is flagged "
+             "not_a_face (default -1.6; the detector's own threshold is -0.3).")] = None,
     blank_std: Annotated[float, typer.Option(help="Pixel std below which an image is blank.")] = 2.0,
     blur_variance: Annotated[float, typer.Option(help="Laplacian variance (48x48) below which it is blurry.")] = 100.0,
     demographics: Annotated[Optional[Path], typer.Option(
@@ -272,7 +275,9 @@ def audit(
     space = Workspace(workspace)
     options = validated(AuditOptions, "audit option",
                         thresholds={"blank_std": blank_std, "blur_variance": blur_variance,
-                                    "face_detector": face_detector}, detect_faces=faces,
+                                    "face_detector": face_detector,
+                                    **({} if not_face_score is None else {"not_face_score": not_face_score})},
+                        detect_faces=faces,
                         landmarks=landmarks,
                         near_duplicate_distance=near_distance, label_noise=label_noise, noise_model=noise_model,
                         folds=folds, noise_minutes=noise_minutes, noise_device=noise_device,
@@ -358,6 +363,11 @@ def _render_audit(result: AuditResult, space: Workspace | None = None) -> None:
         known = [f"{value['rows']} {value[column]} ({value['source']})" for value in facts["values"]
                  if value[column] != "unknown"]
         console.print(f"{column}: {facts['unknown_share']:.0%} unknown" + (f"; {', '.join(known)}" if known else ""))
+    faces = summary.get("faces_against_ferplus")
+    if faces:
+        from fercurate.audit.quality import ferplus_face_table
+
+        console.print(_frame_table(ferplus_face_table(faces), "face checks against FER+'s non-faces"))
     check = noise.get("ferplus_check") if noise["ran"] else None
     if check and "precision_at" in check:
         from fercurate.audit.label_noise import ferplus_precision_table

@@ -47,6 +47,8 @@ _EXPORTS = {
     "find_label_issues": "fercurate.audit.label_noise",
     "ferplus_agreement": "fercurate.audit.label_noise",
     "cnn_out_of_fold_probabilities": "fercurate.audit.noise_cnn",
+    "embedding_uniqueness": "fercurate.audit.uniqueness",
+    "ferplus_face_check": "fercurate.audit.quality",
     "render_page": "fercurate.audit.browser",
     "find_planted": "fercurate.audit.planted",
     "planted_findings": "fercurate.audit.planted",

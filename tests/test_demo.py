@@ -329,7 +329,7 @@ def test_every_demo_face_is_a_face_and_only_the_planted_rows_are_flagged(
         "exact_groups": 2, "exact_duplicate_images": 2, "near_groups": 3, "rows_in_near_groups": 6,
         "groups_across_splits": 2, "groups_with_conflicting_labels": 1, "max_distance": 4}
     assert summary["quality"] == {"is_blank": 1, "is_blurry": 1, "too_dark": 0, "too_bright": 0, "size_anomaly": 0,
-                                  "unreadable": 0, "missing_image": 0, "no_face_detected": 2, "not_a_face": 2}
+                                  "unreadable": 0, "missing_image": 0, "face_not_found": 2, "not_a_face": 2}
     assert set(planted.ids("flipped_labels")) <= set(result.label_issues["id"])
 
 

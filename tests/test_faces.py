@@ -198,6 +198,48 @@ def test_landmarks_reuse_the_quality_steps_dlib_search(demo_workspace: Workspace
     count = demo_workspace.manifest().num_rows
     result = audit_workspace(demo_workspace, AuditOptions(label_noise=False, landmarks=True))
     assert calls == [count]  # one search serves face_detected and the landmarks
-    assert result.rows["face_detected"].all() and result.summary["quality"]["no_face_detected"] == 0
+    assert result.rows["face_detected"].all() and result.summary["quality"]["face_not_found"] == 0
     assert result.summary["landmarks"]["stored"] == count
     assert all(len(points) == 5 for points in demo_workspace.manifest()["landmarks"].to_pylist())
+
+
+def test_not_a_face_is_stricter_than_a_missed_face(astronaut: np.ndarray, tmp_path: Path) -> None:
+    """A photographed face is found; a flat placeholder icon and a blank are not faces. A face the
+    detector misses is flagged only when nothing face-like scored above ``not_face_score`` or the
+    image is a graphic."""
+    from dataclasses import replace
+
+    from fercurate.audit.quality import measure_images, quality_flags
+
+    face = cv2.resize(cv2.cvtColor(astronaut[60:190, 160:285], cv2.COLOR_RGB2GRAY), (48, 48))  # as above
+    icon = np.full((48, 48), 235, np.uint8)  # a "..." placeholder, like FER2013's missing-image icons
+    cv2.rectangle(icon, (8, 14), (40, 34), 90, -1)
+    for x in (16, 24, 32):
+        cv2.circle(icon, (x, 24), 3, 235, -1)
+    paths = []
+    for name, pixels in {"face": face, "icon": icon, "blank": np.full((48, 48), 128, np.uint8)}.items():
+        paths.append(str(tmp_path / f"{name}.png"))
+        assert cv2.imwrite(paths[-1], pixels)
+    result = measure_images(paths, workers=1)
+    sources = np.array(["x"] * 3)
+    assert result.face_detected.tolist() == [True, False, False]
+    assert result.flat_share[0] < 0.1 and result.flat_share[1] > 0.4 and result.flat_share[2] == 1.0
+    assert quality_flags(result, np.ones(3), sources)["not_a_face"].tolist() == [False, True, True]
+    # the rule itself: missed (face_detected False) is not enough
+    missed = replace(result, face_detected=np.zeros(3, bool), faceless=np.array([False, False, True]),
+                     flat_share=np.array([0.05, 0.5, 0.05]))
+    assert quality_flags(missed, np.ones(3), sources)["not_a_face"].tolist() == [False, True, True]
+    assert "not_a_face" not in quality_flags(replace(result, faceless=None), np.ones(3), sources)  # not searched
+
+
+def test_ferplus_face_check_counts_agreement() -> None:
+    from fercurate.audit.quality import ferplus_face_check
+
+    flags = [["ferplus-no-votes"], ["ferplus-not-face"], None, ["ferplus-no-majority"], ["ferplus-no-image"], []]
+    not_a_face = np.array([True, False, True, False, False, False])
+    missed = np.array([True, True, True, True, False, False])
+    check = ferplus_face_check(flags, not_a_face, missed)
+    assert check == {"ferplus_non_faces": 3,
+                     "not_a_face": {"flagged": 2, "ferplus_non_faces": 1, "precision": 0.5, "recall": 0.3333},
+                     "face_not_found": {"flagged": 4, "ferplus_non_faces": 2, "precision": 0.5, "recall": 0.6667}}
+    assert ferplus_face_check([["low-light"], None], not_a_face[:2], missed[:2]) is None  # no FER+ ingested

@@ -4,8 +4,8 @@ A model is trained k times, each time predicting the fold it did not see, so eve
 predicted probabilities are out-of-sample (cleanlab requires this). The model is a small CNN on
 the faces themselves (:mod:`fercurate.audit.noise_cnn`) from 2,000 images on, and logistic
 regression on HOG features reduced by PCA below that (a CNN overfits a few hundred faces); the
-reduced HOG features are also the embeddings FiftyOne's similarity and uniqueness use. cleanlab
-then scores every label's quality and flags label issues; the flags are capped to the worst
+reduced HOG features are also the embeddings behind FiftyOne's similarity search and the audit's
+uniqueness. cleanlab then scores every label's quality and flags label issues; the flags are capped to the worst
 ``max_flagged`` (a set a person can review), and each says which label the model suggests and
 with what probability.
 

@@ -24,10 +24,11 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, Field
 
 from fercurate.audit.faces import DEFAULT_THRESHOLD, FaceLandmarks, find_faces_in_files
@@ -157,6 +158,40 @@ def flat_shares(thumbnails: np.ndarray) -> np.ndarray:
         down = np.abs(np.diff(block, axis=1))[:, :, :-1] <= 1
         flat[start:start + 4096] = (across & down).mean(axis=(1, 2))
     return flat
+
+
+#: FER+'s word that a FER2013 image shows no face: it excluded the image (no image name, or no votes
+#: for it at all) or most of its annotators chose "not a face".
+FERPLUS_NON_FACE_FLAGS = frozenset({"ferplus-no-image", "ferplus-no-votes", "ferplus-not-face"})
+
+
+def ferplus_face_check(flags: Sequence[Sequence[str] | None], not_a_face: np.ndarray,
+                       face_not_found: np.ndarray) -> dict[str, Any] | None:
+    """How often FER+ agrees that the faces the audit calls ``not_a_face`` (and, for comparison, the
+    ones the detector did not find) show no face: precision (share of the audit's rows that FER+
+    calls non-faces) and recall (share of FER+'s non-faces the audit flags). None when no row
+    carries a FER+ flag (FER+ not ingested). FER+ is never an input to the face check."""
+    flags = [() if row is None else list(row) for row in flags]
+    if not any(flag.startswith("ferplus-") for row in flags for flag in row):
+        return None
+    ferplus = np.array([bool(FERPLUS_NON_FACE_FLAGS.intersection(row)) for row in flags])
+
+    def agreement(flagged: np.ndarray) -> dict[str, Any]:
+        agreed = int((flagged & ferplus).sum())
+        return {"flagged": int(flagged.sum()), "ferplus_non_faces": agreed,
+                "precision": round(agreed / flagged.sum(), 4) if flagged.any() else None,
+                "recall": round(agreed / ferplus.sum(), 4) if ferplus.any() else None}
+
+    return {"ferplus_non_faces": int(ferplus.sum()), "not_a_face": agreement(np.asarray(not_a_face, bool)),
+            "face_not_found": agreement(np.asarray(face_not_found, bool))}
+
+
+def ferplus_face_table(check: dict[str, Any]) -> pd.DataFrame:
+    """:func:`ferplus_face_check`'s result as a table, one row per face flag (report and CLI)."""
+    return pd.DataFrame([{"flag": name.replace("_", " "), "flagged": part["flagged"],
+                          "FER+ non-faces among them": part["ferplus_non_faces"],
+                          "precision": part["precision"], "recall": part["recall"]}
+                         for name, part in ((key, check[key]) for key in ("not_a_face", "face_not_found"))])
 
 
 def _has_face(cascade: cv2.CascadeClassifier, thumb: np.ndarray, min_neighbors: int) -> bool:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from fercurate.audit.balance import ALL_LABELS, synthetic_share_grid
 from fercurate.audit.label_noise import ferplus_precision_table
+from fercurate.audit.quality import ferplus_face_table
 from fercurate.audit.result import AuditResult
 
 if TYPE_CHECKING:
@@ -207,6 +208,11 @@ def _render(result: AuditResult, shown: pd.DataFrame, issues: pd.DataFrame, mark
     image("demographics.png", "label x gender and label x age group")
     heading("Quality")
     table(pd.DataFrame([summary["quality"]]))
+    faces = summary.get("faces_against_ferplus")
+    if faces:
+        paragraph(f"Face checks against FER+ ({faces['ferplus_non_faces']} images it excluded or called not a face): "
+                  "*not a face* is the audit's flag; *face not found* holds every face the detector missed too.")
+        table(ferplus_face_table(faces))
     image("quality.png", "quality histograms")
     heading("Duplicates and leakage")
     duplicates = summary["duplicates"]

@@ -68,8 +68,14 @@ def read_reviews(workspace: Workspace) -> pa.Table:
 def decisions_from_dataset(dataset: fo.Dataset) -> pa.Table:
     """The decisions visible on a synced dataset: ``review:`` tags, and ground-truth labels that
     differ from the label fercurate synced. A face with several tags keeps the strongest one
-    (drop, then relabel, then ok); unknown tags are ignored rather than guessed."""
-    ids, labels, truths, tags, modified = dataset.values(
+    (drop, then relabel, then ok); unknown tags are ignored rather than guessed. Only the samples
+    with a ``review:`` tag or an edited label are read (the database finds them: reading every
+    sample of FER2013 took 2.6 s of each sync)."""
+    from fiftyone import ViewField as F
+
+    candidates = dataset.match((F("tags").filter(F().starts_with(REVIEW_PREFIX)).length() > 0)
+                               | (F("ground_truth.label") != F("label")))
+    ids, labels, truths, tags, modified = candidates.values(
         ["fercurate_id", "label", "ground_truth.label", "tags", "last_modified_at"])
     reviewer = getpass.getuser()
     rows: list[dict[str, Any]] = []

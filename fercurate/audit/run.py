@@ -41,7 +41,7 @@ from fercurate.audit.label_noise import (
     find_label_issues,
     image_features,
 )
-from fercurate.audit.quality import QualityThresholds, measure_images, quality_flags
+from fercurate.audit.quality import QualityThresholds, ferplus_face_check, measure_images, quality_flags
 from fercurate.audit.report import write_report
 from fercurate.audit.result import AuditResult
 from fercurate.audit.uniqueness import embedding_uniqueness
@@ -185,7 +185,8 @@ def audit_workspace(workspace: Workspace, options: AuditOptions | None = None,
 
         workspace.write_manifest(_with_quality_columns(manifest, audit_rows, options.detect_faces))
         result = _assemble(audit_rows, duplicates.groups, balance, embeddings, noise_summary,
-                           {"sidecar": sidecar, "estimated": estimated, "landmarks": landmark_summary}, options)
+                           {"sidecar": sidecar, "estimated": estimated, "landmarks": landmark_summary}, options,
+                           rows["flags"].tolist())
         result.seconds = seconds
         result.directory = _write_outputs(workspace, result)
         lap("write")
@@ -209,7 +210,8 @@ def _with_quality_columns(manifest: pa.Table, audit_rows: pd.DataFrame, faces_me
 
 
 def _assemble(audit_rows: pd.DataFrame, groups: pd.DataFrame, balance: dict[str, Any], embeddings: np.ndarray,
-              noise: dict[str, Any], demographics: dict[str, Any], options: AuditOptions) -> AuditResult:
+              noise: dict[str, Any], demographics: dict[str, Any], options: AuditOptions,
+              flags: list[list[str] | None]) -> AuditResult:
     if noise["ran"]:
         issues = (audit_rows[audit_rows["label_issue"]]
                   .sort_values("label_quality")[["id", "source", "split", "label", "predicted_label",
@@ -222,7 +224,7 @@ def _assemble(audit_rows: pd.DataFrame, groups: pd.DataFrame, balance: dict[str,
                        "missing_image")}
     if options.detect_faces:
         measured = ~(audit_rows["unreadable"] | audit_rows["missing_image"])
-        quality_counts["no_face_detected"] = int((~audit_rows["face_detected"].astype(bool) & measured).sum())
+        quality_counts["face_not_found"] = int((~audit_rows["face_detected"].astype(bool) & measured).sum())
     if "not_a_face" in audit_rows:
         quality_counts["not_a_face"] = int(audit_rows["not_a_face"].sum())
     summary = {
@@ -236,6 +238,10 @@ def _assemble(audit_rows: pd.DataFrame, groups: pd.DataFrame, balance: dict[str,
             "synthetic_share": balance["synthetic_share"].to_dict("records"),
         },
         "quality": quality_counts,
+        "faces_against_ferplus": (ferplus_face_check(flags, audit_rows["not_a_face"].to_numpy(bool),
+                                                     ~audit_rows["face_detected"].astype(bool).to_numpy()
+                                                     & measured.to_numpy())
+                                  if "not_a_face" in audit_rows else None),
         "duplicates": {
             "exact_groups": int(audit_rows.loc[audit_rows.exact_group >= 0, "exact_group"].nunique()),
             "exact_duplicate_images": int(audit_rows.exact_group.ge(0).sum()
