@@ -638,8 +638,8 @@ def _stored_values(dataset: fo.Dataset, paths: Sequence[str]) -> dict[str, list[
     """Every sample's value at each dotted path (and its sample ``id``) as the database holds it.
 
     Read with one raw query: ``dataset.values`` converts each value through FiftyOne's document
-    fields, half of a FER2013 re-sync (23 of 45 s under the profiler). The values compared here are plain (strings,
-    numbers, lists, dicts), which the database returns as they were written."""
+    fields, half of a FER2013 re-sync (23 of 45 s under the profiler). The values compared here
+    are plain (strings, numbers, lists, dicts), which the database returns as they were written."""
     documents = list(dataset._sample_collection.find({}, {path: True for path in paths}))
     columns: dict[str, list[Any]] = {"id": [str(document["_id"]) for document in documents]}
     for path in paths:

@@ -37,8 +37,9 @@ from fercurate.phash import HASH_INPUT, perceptual_hashes
 
 THUMB = 48  # side of the gray thumbnails kept for hashing, features and contact sheets
 #: "Not a face" on a tight crop: dlib finds nothing even at this threshold (its default is -0.3).
-#: On the full FER2013 image-folder release, -1.5 / -1.6 / -1.7 flag 107 / 64 / 42 of the faces
-#: not found at -0.3, of which 54% / 73% / 83% are images FER+ excluded (placeholders, text, icons).
+#: On the full FER2013 image-folder release, -1.5 / -1.6 / -1.7 alone flag 107 / 64 / 42 of the faces
+#: not found at -0.3, of which 54% / 73% / 83% are images FER+ excluded (placeholders, text, icons);
+#: -1.6 with the flat-graphic rule below flags 86, 75.6% of them FER+ non-faces (chosen on that data).
 NOT_FACE_SCORE = -1.6
 #: "Not a face" on any image: this share of its 48x48 thumbnail is flat (a placeholder, an icon,
 #: a blank). Real FER2013 faces: median 3%, 99.9th percentile 30%.
@@ -83,7 +84,9 @@ class QualityResult:
     phash: np.ndarray  # uint64
     flat_share: np.ndarray  # share of thumbnail pixels whose right and lower neighbours are within 1 gray level
     faces: FaceLandmarks | None = None  # dlib's detections on every image, when dlib detected the faces
-    faceless: np.ndarray | None = None  # dlib found nothing even at not_face_score (None: not searched)
+    # dlib found nothing even at not_face_score (at its stricter frame threshold on larger frames,
+    # which searching at -1.6 would fill with background "faces"); None: not searched
+    faceless: np.ndarray | None = None
 
 
 def _detector() -> cv2.CascadeClassifier:
