@@ -24,8 +24,11 @@ from fercurate.errors import FiftyOneError
 #: Flags that make headless Chromium work in a container, offline (see STACK.md).
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run")
-#: Virtual-time budgets (ms) to try in turn.
-BUDGETS_MS = (10_000, 30_000)
+#: Virtual-time budgets (ms) to try in turn, each in a fresh Chromium.
+BUDGETS_MS = (10_000, 30_000, 30_000)
+#: Seconds one try may take. Headless Chromium sometimes never returns (once in a CI run on this
+#: project's machine; a render normally takes seconds), so a hung try is killed and the next starts.
+TRY_TIMEOUT_S = 90
 WINDOW = (1400, 900)
 
 
@@ -52,17 +55,24 @@ def render_page(url: str, expected: list[str], *, screenshot: Path | None = None
     if chromium is None:
         raise FiftyOneError("no Chromium found to render the page",
                             "install it (apt-get install chromium, or run tests/ci_install_browser.sh)")
-    text = ""
+    text, hung = "", 0
     for budget in BUDGETS_MS:
         with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
             extra = [f"--screenshot={screenshot}"] if screenshot else []
-            result = subprocess.run(
-                [chromium, *CHROMIUM_FLAGS, f"--window-size={window[0]},{window[1]}", f"--user-data-dir={profile}",
-                 f"--virtual-time-budget={budget}", "--dump-dom", *extra, url],
-                capture_output=True, text=True, timeout=180)
+            try:
+                result = subprocess.run(
+                    [chromium, *CHROMIUM_FLAGS, f"--window-size={window[0]},{window[1]}", f"--user-data-dir={profile}",
+                     f"--virtual-time-budget={budget}", "--dump-dom", *extra, url],
+                    capture_output=True, text=True, timeout=TRY_TIMEOUT_S)
+            except subprocess.TimeoutExpired:  # headless Chromium now and then never returns: try afresh
+                hung += 1
+                continue
         if result.returncode != 0:
             raise FiftyOneError(f"Chromium could not render {url}: {result.stderr[-500:]}")
         text = visible_text(result.stdout)
         if all(item in text for item in expected):
             break
+    if hung == len(BUDGETS_MS):
+        raise FiftyOneError(f"Chromium hung on every try to render {url} ({TRY_TIMEOUT_S} s each)",
+                            "check that the App answers at that address, then run again")
     return text

@@ -21,9 +21,11 @@ import hashlib
 import io
 import logging
 import math
+import os
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -338,7 +340,7 @@ def _sample_columns(
             types[column] = arrow_type
 
     root = workspace.root.resolve()
-    columns["filepath"] = [str(root / path) for path in manifest["filepath"].to_pylist()]
+    columns["filepath"] = [f"{root}{os.sep}{path}" for path in manifest["filepath"].to_pylist()]  # 1 s as Paths
     columns["tags"] = [_managed_tags(columns, i) for i in range(manifest.num_rows)]
     columns["ground_truth"] = columns["label"]
     columns["prediction"] = [
@@ -530,19 +532,25 @@ def _add_samples(
     header = {"_media_type": "image", "_dataset_id": dataset._doc.id, "created_at": now, "last_modified_at": now}
     jitter = np.random.default_rng().random(len(rows)) * 0.001 + 0.999  # FiftyOne's `_rand` for random views
     vectors = _serialized_vectors(embeddings[list(rows)]) if embeddings is not None else None
-    documents = []
-    for n, (i, rand) in enumerate(zip(rows, jitter.tolist())):
-        document = {"_id": ObjectId(), "_rand": rand, **header}
-        document.update((name, columns[name][i]) for name in plain if columns[name][i] is not None)
-        for name in _LABEL_FIELDS:
-            value = _label_document(name, columns[name][i], ObjectId)
-            if value is not None:
-                document[name] = value
-        if embeddings is not None:
-            document[EMBEDDING_FIELD] = Binary(vectors[n])
-        documents.append(document)
-    for start in range(0, len(documents), _INSERT_BATCH):
-        dataset._sample_collection.insert_many(documents[start:start + _INSERT_BATCH], ordered=False)
+    # The database stores one batch while the next is built (it runs in its own process).
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        written = []
+        documents: list[dict[str, Any]] = []
+        for n, (i, rand) in enumerate(zip(rows, jitter.tolist())):
+            document = {"_id": ObjectId(), "_rand": rand, **header}
+            document.update((name, columns[name][i]) for name in plain if columns[name][i] is not None)
+            for name in _LABEL_FIELDS:
+                value = _label_document(name, columns[name][i], ObjectId)
+                if value is not None:
+                    document[name] = value
+            if embeddings is not None:
+                document[EMBEDDING_FIELD] = Binary(vectors[n])
+            documents.append(document)
+            if len(documents) == _INSERT_BATCH or n == len(rows) - 1:
+                written.append(writer.submit(dataset._sample_collection.insert_many, documents, ordered=False))
+                documents = []
+        for batch in written:
+            batch.result()
 
 
 def _serialized_vectors(vectors: np.ndarray) -> list[bytes]:
@@ -558,7 +566,7 @@ def _serialized_vectors(vectors: np.ndarray) -> list[bytes]:
 
 
 #: Documents per database write when adding samples.
-_INSERT_BATCH = 10_000
+_INSERT_BATCH = 5_000
 
 
 def _label_document(field: str, value: Any, object_id: Callable[[], Any]) -> dict[str, Any] | None:
