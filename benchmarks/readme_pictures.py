@@ -70,5 +70,6 @@ def main() -> None:
     finally:
         handle.session.close()
 
+
 if __name__ == "__main__":
     main()

@@ -2,7 +2,7 @@
 to its visible text and, optionally, a screenshot.
 
 The browser tests check what the App shows with :func:`render_page`, and
-``scripts/readme_pictures.py`` makes the README's pictures with the same call, so a picture is
+``benchmarks/readme_pictures.py`` makes the README's pictures with the same call, so a picture is
 what the tests saw. Chromium is the system's (Debian's ``chromium``; ``tests/ci_install_browser.sh``
 installs it); nothing is downloaded.
 

@@ -245,7 +245,8 @@ def sync_to_fiftyone(
     _declare_fields(fo, dataset, field_types, embeddings)
 
     ids: list[str] = columns[_ID_FIELD]
-    existing_sample_ids, existing_ids = dataset.values(["id", _ID_FIELD]) if len(dataset) else ([], [])
+    existing = _stored_values(dataset, [_ID_FIELD])
+    existing_sample_ids, existing_ids = existing["id"], existing[_ID_FIELD]
     wanted = set(ids)
     stale = [sample_id for sample_id, row_id in zip(existing_sample_ids, existing_ids) if row_id not in wanted]
     if stale:
@@ -694,7 +695,8 @@ def _index_embeddings(dataset: fo.Dataset, embeddings: np.ndarray | None, row_id
         return
     from fiftyone.brain.internal.core.sklearn import SklearnSimilarityConfig, SklearnSimilarityIndex
 
-    sample_ids, in_dataset = dataset.values(["id", _ID_FIELD])
+    stored = _stored_values(dataset, [_ID_FIELD])
+    sample_ids, in_dataset = stored["id"], stored[_ID_FIELD]
     row_of = {row_id: i for i, row_id in enumerate(row_ids)}
     config = SklearnSimilarityConfig(embeddings_field=EMBEDDING_FIELD, metric="cosine")
     method = config.build()
