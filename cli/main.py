@@ -26,7 +26,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from fercurate.errors import FercurateError, OptionError
-from fercurate.options import BALANCE_HELP, DEVICES, ModelName, NoiseModel, Optimizer, Schedule, choices, validated
+from fercurate.options import BALANCE_HELP, DEVICES, Faces, ModelName, NoiseModel, Optimizer, Schedule, choices, validated
 from fercurate_cli.generator import generator_app
 from fercurate_cli.review import review_app
 from fercurate_cli.synthesize import synthesize
@@ -127,6 +127,8 @@ def ingest(
     label_column: Annotated[Optional[str], typer.Option(help="hub: the label column.")] = None,
     max_member_bytes: Annotated[Optional[int], typer.Option(
         help="Image files and archive members larger than this are skipped unread [default: 64 MiB].")] = None,
+    align: Annotated[bool, typer.Option(help="Then align this run's faces to the canonical geometry "
+                                             "(as `fercurate align` does).")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Bring a dataset into the workspace in the unified schema (re-running adds nothing new)."""
@@ -138,7 +140,7 @@ def ingest(
                "ratings": ratings, "split": split, "image_column": image_column, "label_column": label_column,
                "max_member_bytes": max_member_bytes}
     reader = open_source(source, path, workspace_root=space.root, **options)
-    report = _ingest_with_progress(space, reader, quiet=as_json)
+    report = _ingest_with_progress(space, reader, quiet=as_json, align=align)
     if as_json:
         print(json.dumps({**report.to_dict(), "workspace": str(space.root),
                           "rows_by_split_and_label": _nested_counts(report.rows),
@@ -148,15 +150,71 @@ def ingest(
     _render_report(space, report)
 
 
-def _ingest_with_progress(space: Workspace, reader: Source, quiet: bool) -> IngestReport:
+@app.command(name="align")
+def align_command(
+    workspace: WorkspaceOption = None,
+    side: Annotated[int, typer.Option(help="Side of the aligned square face, in pixels.")] = 48,
+    detect: Annotated[bool, typer.Option(help="Find the landmarks (dlib, 5 points) of faces that have none.")] = True,
+    clear: Annotated[bool, typer.Option(help="Remove every alignment: faces are used as ingested again.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Align every face to one canonical geometry (FER2013's average eye positions) from its landmarks;
+    train, export and benchmark then use the aligned face. The images as ingested are kept."""
+    from fercurate.align import AlignOptions, align_workspace
+    from fercurate.workspace import Workspace
+
+    options = validated(AlignOptions, "align option", side=side, detect=detect, clear=clear)
+    space = Workspace(workspace)
+    space.require()
+    report = _with_step_progress("align", lambda advance: align_workspace(space, options, progress=advance),
+                                 quiet=as_json)
+    if as_json:
+        print(json.dumps({**report.to_dict(), "workspace": str(space.root)}, indent=2))
+        return
+    _render_alignment(report.to_dict())
+
+
+def _render_alignment(report: dict[str, Any]) -> None:
+    """What aligning did (an :class:`~fercurate.align.AlignReport` as a dict): counts per source, and
+    what was not aligned and why."""
+    if report["cleared"] or not report["rows"]:
+        console.print(f"alignment removed from {report['cleared']} of {report['rows']} faces" if report["cleared"]
+                      else "no real faces to align")
+        return
+    view = Table(title=f"aligned to the canonical {report['side']}x{report['side']} face", title_justify="left")
+    columns = ["source", "rows", "aligned", "as ingested (tight crop)", "not aligned (flagged)"]
+    for column in columns:
+        view.add_column(column, justify="left" if column == "source" else "right")
+    for source, counts in report["by_source"].items():
+        view.add_row(source, *(str(counts[key]) for key in ("rows", "aligned", "as_ingested", "not_aligned")))
+    console.print(view)
+    kinds = ", ".join(f"{count} from {kind}" for kind, count in report["aligned_by"].items()) or "none"
+    console.print(f"aligned: {kinds}; landmarks searched on {report['searched']} faces, found on {report['found']}; "
+                  f"{report['implausible_landmarks']} with implausible landmarks (rolled, upside down or a wrong size) "
+                  f"left as they were; {report['seconds']:.1f} s")
+    if report["not_aligned"]:
+        console.print(f"{report['not_aligned']} larger frames have no usable face and are flagged not-aligned: "
+                      "`fercurate export --exclude-flag not-aligned` leaves them out")
+
+
+def _ingest_with_progress(space: Workspace, reader: Source, quiet: bool, align: bool = False) -> IngestReport:
+    """Ingest with a progress bar; with ``align``, then align the run's faces (``report.alignment``)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     if quiet:
-        return space.ingest(reader)
-    with Progress(TextColumn("[bold]ingest {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=errors, transient=True) as progress:
-        task = progress.add_task(reader.name, total=reader.size_hint())
-        return space.ingest(reader, progress=lambda n: progress.advance(task, n))
+        report = space.ingest(reader)
+    else:
+        with Progress(TextColumn("[bold]ingest {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=errors, transient=True) as progress:
+            task = progress.add_task(reader.name, total=reader.size_hint())
+            report = space.ingest(reader, progress=lambda n: progress.advance(task, n))
+    if align and report.rows is not None and report.rows.num_rows:
+        from fercurate.align import align_workspace  # dlib and the audit's modules: only when asked
+
+        ids = report.rows["id"].to_pylist()
+        report.alignment = _with_step_progress(
+            "align", lambda advance: align_workspace(space, ids=ids, progress=advance), quiet).to_dict()
+    return report
 
 
 def _nested_counts(rows: pa.Table | None) -> dict[str, dict[str, int]]:
@@ -223,8 +281,8 @@ def _render_report(space: Workspace, report: IngestReport) -> None:
     for entry in space.counts(by=("source", "source_split")).to_pylist():
         totals.add_row(entry["source"], entry["source_split"] or "-", str(entry["rows"]))
     console.print(totals)
-
-
+    if report.alignment is not None:
+        _render_alignment(report.alignment)
 
 
 @app.command()
@@ -303,14 +361,15 @@ def _pair(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _audit_with_progress(space: Workspace, options: AuditOptions, quiet: bool) -> AuditResult:
+def _with_step_progress(title: str, call: Callable[[Callable[[str, int, int | None], None] | None], Any],
+                        quiet: bool) -> Any:
+    """``call(advance)`` with one progress bar per step it reports (``advance(step, done, total)``);
+    ``advance`` is None when ``quiet``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from fercurate.audit.run import audit_workspace
-
     if quiet:
-        return audit_workspace(space, options)
-    with Progress(TextColumn("[bold]audit {task.description}"), BarColumn(), MofNCompleteColumn(),
+        return call(None)
+    with Progress(TextColumn(f"[bold]{title} {{task.description}}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=errors, transient=True) as progress:
         tasks: dict[str, TaskID] = {}
 
@@ -319,7 +378,13 @@ def _audit_with_progress(space: Workspace, options: AuditOptions, quiet: bool) -
                 tasks[step] = progress.add_task(step, total=total)
             progress.advance(tasks[step], amount)
 
-        return audit_workspace(space, options, progress=advance)
+        return call(advance)
+
+
+def _audit_with_progress(space: Workspace, options: AuditOptions, quiet: bool) -> AuditResult:
+    from fercurate.audit.run import audit_workspace
+
+    return _with_step_progress("audit", lambda advance: audit_workspace(space, options, progress=advance), quiet)
 
 
 def _render_audit(result: AuditResult, space: Workspace | None = None) -> None:
@@ -463,7 +528,7 @@ def run(
     def execute(planned: PlannedStep, space: Workspace) -> Any:
         step = planned.step
         if isinstance(step, IngestStep):
-            report = _ingest_with_progress(space, step.reader(space), quiet=as_json)
+            report = _ingest_with_progress(space, step.reader(space), quiet=as_json, align=step.align)
             if not as_json:
                 _render_report(space, report)
             return report
@@ -676,6 +741,9 @@ def benchmark(
     seeds: Annotated[Optional[str], typer.Option(
         help="Comma-separated training seeds: each set is trained once per seed, and differences get intervals "
              "over seeds (overrides --seed).")] = None,
+    faces: Annotated[str, typer.Option(
+        help=f"{choices(Faces)}: the aligned faces (where `fercurate align` made them), the faces as ingested, or "
+             "every training set on both, to measure what alignment does.")] = "aligned",
     as_json: JsonOption = False,
 ) -> None:
     """Train the same model on several training sets and test each on FER2013, CK+, JAFFE and occlusion."""
@@ -685,7 +753,7 @@ def benchmark(
     config = validated(BenchmarkConfig, "benchmark option",
                        train={"model": model, "epochs": epochs, "max_minutes": minutes, "device": device, "seed": seed},
                        arms=[name.strip() for name in arms.split(",")], rebalance_target=rebalance,
-                       train_source=train_source, tta_flip=tta,
+                       train_source=train_source, tta_flip=tta, faces=faces,
                        seeds=[part.strip() for part in seeds.split(",")] if seeds is not None else None)
     space = Workspace(workspace)
     space.require()

@@ -18,6 +18,10 @@ has no map type, gets each string-keyed map as a struct with one field per key (
 ``label_votes.neutral``) and other maps as a list of ``{key, value}`` structs; ``manifest.csv``
 flattens the structs into ``label_votes.<key>`` columns. Rows without votes hold null.
 
+Images: every format carries the face as training uses it, the aligned face where ``fercurate
+align`` made one (``aligned_filepath``), else the image as ingested; the manifest keeps both paths
+and the transform (``alignment``).
+
 Invariants: the whole output is built in a temporary folder beside the target and renamed into
 place, so it is either complete or absent. An existing output is replaced only when asked and only
 when fercurate wrote it (it carries :data:`EXPORT_MARKER`); an output that is, contains or lies
@@ -49,7 +53,7 @@ from pydantic import BaseModel, Field, field_validator
 from fercurate.audit.review import DROP_FLAG, apply_reviews, read_reviews, review_summary
 from fercurate.errors import ExportError
 from fercurate.options import BALANCE_HELP, parse_balance
-from fercurate.schema import CANONICAL_LABELS, ROW_SCHEMA, SOURCE_LABEL_MAPS
+from fercurate.schema import CANONICAL_LABELS, ROW_SCHEMA, SOURCE_LABEL_MAPS, face_filepaths
 from fercurate.sources.ferplus import VOTE_COLUMNS
 from fercurate.splits import (
     REBALANCE_DROP_FLAG,
@@ -209,7 +213,7 @@ def export_dataset(workspace: Workspace, output: str | Path, options: ExportOpti
     with workspace.lock(shared="fiftyone" not in options.formats):
         manifest = reviewed_manifest(workspace)
         rows, split_report, balance_report, excluded = plan_export(workspace, options, manifest)
-        missing = workspace.missing_images(rows["filepath"])
+        missing = workspace.missing_images(face_filepaths(rows))
         if missing:
             raise ExportError(f"{len(missing)} image(s) of the exported rows are missing from {workspace.root} "
                               f"(first: {missing[0]})", "re-run `fercurate ingest` of their source to restore them")
@@ -348,9 +352,9 @@ def _file_name(row_id: str) -> str:
 
 def write_imagefolder(workspace: Workspace, table: pa.Table, out: Path) -> dict[str, Any]:
     """``imagefolder/<split>/<label>/<id>.png`` (hard links into the workspace where possible)."""
-    rows = table.select(["id", "split", "label", "filepath"]).to_pandas()
-    for row in rows.itertuples(index=False):
-        _link_or_copy(workspace.root / row.filepath, out / "imagefolder" / row.split / row.label / _file_name(row.id))
+    rows = table.select(["id", "split", "label"]).to_pandas()
+    for row, face in zip(rows.itertuples(index=False), face_filepaths(table), strict=True):
+        _link_or_copy(workspace.root / face, out / "imagefolder" / row.split / row.label / _file_name(row.id))
     return {"images": len(rows)}
 
 
@@ -365,7 +369,7 @@ def write_hf(workspace: Workspace, table: pa.Table, out: Path) -> dict[str, Any]
         part = table.filter(pc.equal(table["split"], name))
         if not part.num_rows:
             continue
-        images = [str(workspace.root / path) for path in part["filepath"].to_pylist()]
+        images = [str(workspace.root / path) for path in face_filepaths(part)]
         dataset = datasets.Dataset(part).cast_column("label", datasets.ClassLabel(names=list(CANONICAL_LABELS)))
         dataset = dataset.add_column("image", images).cast_column("image", datasets.Image())
         splits[name] = dataset
@@ -379,7 +383,7 @@ def write_hf(workspace: Workspace, table: pa.Table, out: Path) -> dict[str, Any]
 
 def write_fer2013_csv(workspace: Workspace, table: pa.Table, out: Path) -> dict[str, Any]:
     """``fer2013.csv`` with 48x48 gray pixels; contempt has no FER2013 code and is counted out."""
-    rows = table.select(["filepath", "label", "split"]).to_pandas()
+    rows = table.select(["label", "split"]).to_pandas().assign(filepath=face_filepaths(table))
     usable = rows[rows["label"].isin(FER2013_CODES)]
     with open(out / "fer2013.csv", "w") as handle:
         handle.write("emotion,pixels,Usage\n")

@@ -28,6 +28,8 @@ NoiseModel = Literal["auto", "cnn", "hog-mlp", "hog-logreg"]
 ModelName = Literal["vgg", "mobilenet_v2", "tiny"]
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["onecycle", "cosine"]
+#: Which faces the benchmark trains and tests on (``both``: every training set twice).
+Faces = Literal["aligned", "original", "both"]
 DEVICES = ("auto", "cpu", "cuda")
 _DEVICE = re.compile(r"(auto|cpu|cuda|gpu)(:\d+)?")
 _COUNT_TARGET = re.compile(r"(uniform|cap):(\d+)")

@@ -4,6 +4,8 @@
     steps:
       - ingest: {source: fer2013, path: data/fer2013.csv}
       - ingest: {source: ferplus, path: data/fer2013new.csv, options: {label_mode: majority}}
+      - ingest: {source: jaffe, path: data/jaffe, align: true}     # then align this ingest's faces
+      - align: {}                                                   # or align every face of the workspace
       - audit: {near_duplicate_distance: 4, fiftyone: true}
       - generator: {generator: cgan, output: runs/cgan, sources: [fer2013], options: {max_minutes: 60}}
       - synthesize: {target: "min:500", methods: [augment, cgan], generators: [runs/cgan], occluded_test: true}
@@ -16,7 +18,7 @@ String values may name environment variables, ``${VAR}`` or ``${VAR:-default}`` 
 default is refused before anything runs.
 
 Every step kind is a model in :data:`STEPS` that extends the library's own options (``AuditOptions``,
-``SynthesizeOptions``, ``ExportOptions``, ``TrainConfig``, ``BenchmarkConfig``; a ``generator`` step's
+``AlignOptions``, ``SynthesizeOptions``, ``ExportOptions``, ``TrainConfig``, ``BenchmarkConfig``; a ``generator`` step's
 ``options`` are validated by its kind's ``GeneratorConfig``): one definition of each
 option for the library, the CLI and recipes. Each step is validated before anything runs, so a typo
 fails at once with the step's number and the key.
@@ -63,6 +65,7 @@ from typing import IO, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fercurate.align import AlignOptions, AlignReport, align_workspace
 from fercurate.atomic import atomic_path
 from fercurate.audit.result import AuditResult
 from fercurate.audit.run import AuditOptions, audit_workspace, summary_json
@@ -95,10 +98,21 @@ class IngestStep(BaseModel):
     source: str
     path: Path | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    align: bool = Field(False, description="then align this run's faces (as an `align` step does)")
 
     def reader(self, workspace: Workspace) -> Source:
         """The source reader this step describes."""
         return open_source(self.source, self.path, workspace_root=workspace.root, **self.options)
+
+
+class AlignStep(AlignOptions):
+    """``align``: every real face of the workspace framed to the canonical geometry."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["align"] = "align"
+
+    def align_options(self) -> AlignOptions:
+        return library_options(self, AlignOptions)
 
 
 class AuditStep(AuditOptions):
@@ -188,10 +202,11 @@ class BenchmarkStep(BenchmarkConfig):
 
 
 #: Every step kind a recipe may use, in the order data flows.
-STEPS: dict[str, type[BaseModel]] = {"ingest": IngestStep, "audit": AuditStep, "generator": GeneratorStep,
+STEPS: dict[str, type[BaseModel]] = {"ingest": IngestStep, "align": AlignStep, "audit": AuditStep,
+                                     "generator": GeneratorStep,
                                      "synthesize": SynthesizeStep, "export": ExportStep, "train": TrainStep,
                                      "benchmark": BenchmarkStep}
-Step = IngestStep | AuditStep | GeneratorStep | SynthesizeStep | ExportStep | TrainStep | BenchmarkStep
+Step = IngestStep | AlignStep | AuditStep | GeneratorStep | SynthesizeStep | ExportStep | TrainStep | BenchmarkStep
 #: Steps that train from a checkpoint (``last.pt`` in their output) and can continue an interrupted run.
 _RESUMING = (TrainStep, GeneratorStep)
 
@@ -281,10 +296,15 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def run_step(step: Step, workspace: Workspace, **progress: Any
-             ) -> IngestReport | AuditResult | SynthesizeReport | ExportReport | dict[str, Any]:
+             ) -> IngestReport | AlignReport | AuditResult | SynthesizeReport | ExportReport | dict[str, Any]:
     """Run one step on the workspace (``progress`` is passed to the stage's own function)."""
     if isinstance(step, IngestStep):
-        return workspace.ingest(step.reader(workspace), **progress)
+        report = workspace.ingest(step.reader(workspace), **progress)
+        if step.align and report.rows is not None and report.rows.num_rows:
+            report.alignment = align_workspace(workspace, ids=report.rows["id"].to_pylist()).to_dict()
+        return report
+    if isinstance(step, AlignStep):
+        return align_workspace(workspace, step.align_options())
     if isinstance(step, SynthesizeStep):
         report = synthesize(workspace, step.synthesize_options(), **progress)
         if step.occluded_test:
@@ -392,7 +412,7 @@ def step_outputs(step: Step, workspace: Workspace) -> list[Path]:
 
 def step_summary(step: Step, result: Any) -> dict[str, Any]:
     """What a step reports, JSON-ready (it is also kept in the run record)."""
-    if isinstance(step, IngestStep):
+    if isinstance(step, (IngestStep, AlignStep)):
         summary: dict[str, Any] = result.to_dict()
     elif isinstance(step, AuditStep):
         summary = dict(result.summary)

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from fercurate.errors import SchemaError
+
+if TYPE_CHECKING:
+    import pandas as pd  # not imported at run time: ingest stays light
 
 #: Canonical emotions, in FER+'s order. ``label`` holds one of these.
 CANONICAL_LABELS: tuple[str, ...] = (
@@ -101,6 +106,8 @@ ROW_SCHEMA = pa.schema(
         pa.field("frame_count", pa.int32()),
         pa.field("intensity", pa.float32()),
         pa.field("landmarks", pa.list_(pa.list_(pa.float32(), 2))),  # (x, y) per point
+        pa.field("aligned_filepath", pa.string()),  # the face in the canonical frame (fercurate.align)
+        pa.field("alignment", pa.list_(pa.float32())),  # its 2x3 matrix, ingested -> aligned pixels
         pa.field("action_units", pa.map_(pa.int16(), pa.float32())),  # FACS AU -> intensity
         # demographics, each with where it came from
         pa.field("gender", pa.string(), nullable=False),
@@ -133,8 +140,9 @@ ROW_SCHEMA = pa.schema(
 )
 COLUMNS: tuple[str, ...] = tuple(ROW_SCHEMA.names)
 #: Version of :data:`ROW_SCHEMA`. 2 added the synthesis columns (``synthetic_label`` and the
-#: filter's scores); manifests of version 1 load through :func:`conform_to_schema`.
-SCHEMA_VERSION = 2
+#: filter's scores), 3 the aligned face (``aligned_filepath``, ``alignment``); manifests of earlier
+#: versions load through :func:`conform_to_schema`.
+SCHEMA_VERSION = 3
 
 #: Values a source need not give: filled in when a row is built.
 ROW_DEFAULTS: dict[str, object] = {
@@ -156,6 +164,7 @@ SKIP_SCHEMA = pa.schema(
 
 _SOURCE_PATTERN = r"^(fer2013|ckplus|jaffe|imagefolder|demo|synthetic|hub:.+)$"
 _SHA1_PATTERN = r"^[0-9a-f]{40}$"
+_IMAGE_PATH_PATTERN = r"^images/[0-9a-f]{2}/[0-9a-f]{40}\.png$"
 
 
 def canonical_label(native: str, source_map: Mapping[str, str] | None = None) -> str | None:
@@ -173,6 +182,18 @@ def canonical_label(native: str, source_map: Mapping[str, str] | None = None) ->
 def image_relpath(sha1: str) -> str:
     """Workspace-relative path of a content-addressed image."""
     return f"images/{sha1[:2]}/{sha1}.png"
+
+
+def face_filepaths(rows: pa.Table | pd.DataFrame) -> list[str]:
+    """The file each row's face is used from by train, export, benchmark and the generators: the
+    aligned face where ``fercurate align`` made one (``aligned_filepath``), else the image as
+    ingested (``filepath``). Rows without the column (tables of an older schema) use ``filepath``."""
+    names = rows.column_names if isinstance(rows, pa.Table) else list(rows.columns)
+    original = rows["filepath"].to_pylist() if isinstance(rows, pa.Table) else rows["filepath"].tolist()
+    if "aligned_filepath" not in names:
+        return original
+    aligned = rows["aligned_filepath"].to_pylist() if isinstance(rows, pa.Table) else rows["aligned_filepath"].tolist()
+    return [face if isinstance(face, str) else path for face, path in zip(aligned, original, strict=True)]
 
 
 def conform_to_schema(table: pa.Table) -> pa.Table:
@@ -219,6 +240,11 @@ def validate_table(table: pa.Table) -> None:
     expected_paths = pc.binary_join_element_wise(
         "images/", pc.utf8_slice_codeunits(table["sha1"], 0, 2), "/", table["sha1"], ".png", "")
     fail_where(pc.not_equal(table["filepath"], expected_paths), "filepath is images/<ab>/<sha1>.png")
+    fail_where(pc.invert(pc.match_substring_regex(table["aligned_filepath"], _IMAGE_PATH_PATTERN)),
+               "aligned_filepath is images/<ab>/<sha1>.png")
+    fail_where(pc.not_equal(pc.is_valid(table["aligned_filepath"]), pc.is_valid(table["alignment"])),
+               "aligned_filepath and alignment are both set or both null")
+    fail_where(pc.not_equal(pc.list_value_length(table["alignment"]), 6), "alignment is a 2x3 matrix (6 numbers)")
     fail_where(pc.or_(pc.less_equal(table["width"], 0), pc.less_equal(table["height"], 0)),
                "width and height are positive")
     fail_where(pc.invert(pc.is_in(table["channels"], pa.array([1, 3], pa.int8()))),

@@ -99,6 +99,7 @@ class IngestReport:
     skips: list[Skip] = field(default_factory=list)
     rows: pa.Table | None = None  # the rows this run produced or relabelled
     seconds: float = 0.0
+    alignment: dict[str, Any] | None = None  # what aligning this run's faces did (``ingest --align``)
 
     @property
     def skip_reasons(self) -> Counter[str]:
@@ -127,6 +128,7 @@ class IngestReport:
             "skip_reasons": dict(self.skip_reasons),
             "flags": dict(self.flag_counts),
             "seconds": round(self.seconds, 3),
+            **({"alignment": self.alignment} if self.alignment is not None else {}),
         }
 
 
@@ -290,6 +292,18 @@ class Workspace:
         table = table.sort_by("id")
         validate_table(table)
         _atomic_write_parquet(table, self.manifest_path)
+
+    def store_image(self, pixels: np.ndarray) -> dict[str, Any]:
+        """Write ``pixels`` (gray or RGB uint8) content-addressed into the workspace, once, atomically
+        as ingest does, and return the row's image columns (``filepath``, ``sha1``, size, channels)."""
+        sha1 = pixel_sha1(pixels)
+        relpath = image_relpath(sha1)
+        target = os.path.join(str(self.root), relpath)
+        if not os.path.exists(target):
+            _atomic_write_png(pixels, target)
+        height, width = pixels.shape[:2]
+        return {"filepath": relpath, "sha1": sha1, "width": width, "height": height,
+                "channels": 1 if pixels.ndim == 2 else pixels.shape[2]}
 
     def _store_faces(
         self,

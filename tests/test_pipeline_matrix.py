@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import releases
+from fercurate.align import align_workspace
 from fercurate.audit.fiftyone_sync import sync_audit_to_fiftyone
 from fercurate.audit.run import AuditOptions, audit_workspace
 from fercurate.export import FORMATS, ExportOptions, export_dataset
@@ -71,6 +72,9 @@ CASES: dict[str, list[Step]] = {
     "fer2013 csv + FER+ + synthetic and occluded-test rows": [
         Step("fer2013", "fer2013-csv"), Step("ferplus", FERPLUS, {"label_mode": "majority"}),
         Step("synthesize", "min:8"), Step("occluded-test", "")],
+    "aligned fer2013 csv + ckplus original + jaffe, then synthetic and occluded-test rows": [
+        Step("fer2013", "fer2013-csv"), Step("ckplus", "ckplus-original"), Step("jaffe", "jaffe"), Step("align", ""),
+        Step("synthesize", "min:8"), Step("occluded-test", "")],
     "everything": [Step("fer2013", "fer2013-csv"), Step("ferplus", FERPLUS, {"label_mode": "majority"}),
                    Step("fer2013", "fer2013-folder"), Step("ckplus", "ckplus-original"), Step("jaffe", "jaffe"),
                    Step("imagefolder", "imagefolder"), Step("hub", "hub-parquet"), Step("demo", "demo")],
@@ -107,6 +111,10 @@ def build_workspace(root: Path, steps: list[Step], paths: dict[str, Path], relea
             continue
         if step.source == "occluded-test":
             assert make_occluded_test_set(workspace) > 0
+            continue
+        if step.source == "align":  # a workspace step: later stages read the aligned faces
+            report = align_workspace(workspace, workers=2)
+            assert sum(report.aligned.values()) > 0, report.to_dict()
             continue
         options = {**step.options, "release": release} if step.source == "ferplus" else step.options
         reader = (open_demo(paths["demo"], per_class=10) if step.source == "demo"
@@ -220,3 +228,18 @@ def test_benchmark_reports_per_group_results_with_intervals_and_the_largest_gap(
     assert sum(value["n"] for value in grouped["values"].values()) == report["data"]["test_rows"]
     markdown = (tmp_path / "bench" / "benchmark.md").read_text()
     assert "gender gap (accuracy)" in markdown and "Per perceived gender and age group" in markdown
+
+
+def test_benchmark_measures_alignment_with_every_arm_on_both_faces(release_paths: dict[str, Path],
+                                                                  tmp_path: Path) -> None:
+    """``faces="both"`` trains each arm on the faces as ingested and on the aligned faces, tests each
+    on its own kind, and compares aligned with original."""
+    steps = [Step("fer2013", "fer2013-csv"), Step("jaffe", "jaffe"), Step("align", "")]
+    workspace = build_workspace(tmp_path / "ws", steps, release_paths)
+    report = run_benchmark(workspace, BenchmarkConfig(train=TINY, arms=["original"], faces="both"), tmp_path / "bench")
+    assert list(report["arms"]) == ["original (original faces)", "original (aligned faces)"]
+    assert [report["arms"][key]["faces"] for key in report["arms"]] == ["original", "aligned"]
+    assert report["data"]["aligned_rows"]["jaffe"]["aligned"] > 0
+    compared = {(record["training set"], record["versus"], record["test set"]) for record in report["comparisons"]}
+    assert ("original (aligned faces)", "original (original faces)", "jaffe (cross-dataset)") in compared
+    assert (tmp_path / "bench" / "original-aligned" / "best.pt").is_file()

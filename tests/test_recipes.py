@@ -51,6 +51,8 @@ def test_paths_resolve_against_the_recipe_folder(tmp_path: Path) -> None:
      "FERCURATE_TEST_UNSET_PATH.*not set"),
     ("workspace: ws\nsteps:\n  - ingest: {source: affectnet, path: x}\n", "unknown source 'affectnet'"),
     ("workspace: ws\nsteps:\n  - audit: {folds: 1}\n", "step 1 \\(audit\\)"),
+    ("workspace: ws\nsteps:\n  - align: {side: 2}\n", "step 1 \\(align\\).*side"),
+    ("workspace: ws\nsteps:\n  - benchmark: {output: b, faces: warped}\n", "step 1 \\(benchmark\\).*faces"),
     ("workspace: ws\nsteps:\n  - audit: {fold: 3}\n", "Extra inputs"),
     ("workspace: ws\nsteps:\n  - generator: {generator: cgan, output: g, options: {widht: 8}}\n",
      "step 1 \\(generator\\).*widht"),
@@ -64,25 +66,29 @@ def test_invalid_recipes_fail_before_running(tmp_path: Path, body: str, message:
 
 def test_variables_expand_with_defaults_and_every_step_kind_validates(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from fercurate.recipes import STEPS, BenchmarkStep, ExportStep, SynthesizeStep, TrainStep
+    from fercurate.recipes import STEPS, AlignStep, BenchmarkStep, ExportStep, SynthesizeStep, TrainStep
 
     monkeypatch.setenv("FERCURATE_TEST_DATA", str(tmp_path / "data"))
     recipe = write(tmp_path / "r.yaml", "workspace: ${FERCURATE_TEST_WS:-ws}\nsteps:\n"
-                   "  - ingest: {source: jaffe, path: \"${FERCURATE_TEST_DATA}/jaffe\"}\n"
+                   "  - ingest: {source: jaffe, path: \"${FERCURATE_TEST_DATA}/jaffe\", align: true}\n"
+                   "  - align: {side: 64}\n"
                    "  - synthesize: {target: \"min:10\", by: gender, filter: {judge: runs/x/best.pt}}\n"
                    "  - export: {output: out/export, kfold: 3}\n"
                    "  - train: {output: runs/x, model: tiny, epochs: 1, sources: [jaffe]}\n"
-                   "  - benchmark: {output: out/bench, arms: [original, augmented], seeds: [0, 1]}\n")
+                   "  - benchmark: {output: out/bench, arms: [original, augmented], seeds: [0, 1], faces: both}\n")
     plan = load_recipe(recipe)
     assert plan.workspace == tmp_path / "ws" and plan.steps[0].path == tmp_path / "data" / "jaffe"
-    synthesize, export, train, benchmark = plan.steps[1:]
+    assert plan.steps[0].align
+    align, synthesize, export, train, benchmark = plan.steps[1:]
+    assert isinstance(align, AlignStep) and align.align_options().side == 64
     assert isinstance(synthesize, SynthesizeStep) and synthesize.synthesize_options().by == "gender"
     assert synthesize.filter.judge == tmp_path / "runs" / "x" / "best.pt"
     assert isinstance(export, ExportStep) and export.output == tmp_path / "out" / "export"
     assert export.export_options().kfold == 3
     assert isinstance(train, TrainStep) and train.train_config().model == "tiny" and train.sources == ["jaffe"]
     assert isinstance(benchmark, BenchmarkStep) and benchmark.benchmark_config().training_seeds == [0, 1]
-    assert list(STEPS) == ["ingest", "audit", "generator", "synthesize", "export", "train", "benchmark"]
+    assert benchmark.benchmark_config().face_variants == ["original", "aligned"]
+    assert list(STEPS) == ["ingest", "align", "audit", "generator", "synthesize", "export", "train", "benchmark"]
 
 
 def test_cli_runs_the_quickstart_recipe_through_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,7 +48,7 @@ from fercurate.audit.review import (
     record_decisions,
 )
 from fercurate.errors import FiftyOneError
-from fercurate.schema import ROW_SCHEMA
+from fercurate.schema import ROW_SCHEMA, face_filepaths
 from fercurate.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -100,6 +100,8 @@ FAMILY_SIZE_FIELD = "family_size"
 _FAMILY_TYPES: dict[str, pa.DataType] = {FAMILY_FIELD: pa.string(), FAMILY_RANK_FIELD: pa.int64(),
                                          FAMILY_SIZE_FIELD: pa.int64()}
 _ID_FIELD = "fercurate_id"  # `id` is FiftyOne's own sample id
+#: The face as train and export read it (the aligned face where there is one), a second media field.
+FACE_FIELD = "face_filepath"
 #: What the ``synthetic`` view shows of each face: who it is, where it came from, and the filter's scores.
 PROVENANCE_FIELDS = (_ID_FIELD, "ground_truth", "label", "source", FAMILY_FIELD, "parent_id", "generator", "seed",
                      "recipe", "synthetic_label", "near_copy_hamming", "near_copy_distance", "judge_probability")
@@ -198,7 +200,8 @@ def sync_to_fiftyone(
     """Mirror ``workspace`` (and its audit) into a persistent FiftyOne dataset and return it.
 
     One sample per manifest row: ``filepath`` is the image's absolute path, ``metadata`` its
-    size, every schema column is a field (``id`` as ``fercurate_id``, since FiftyOne owns ``id``;
+    size, :data:`FACE_FIELD` the absolute path of the face as training reads it (aligned where
+    ``fercurate align`` made it; the App's media-field switch shows it), every schema column is a field (``id`` as ``fercurate_id``, since FiftyOne owns ``id``;
     ``label_votes`` and ``action_units`` as dicts; ``landmarks`` as a list of [x, y]), ``label``
     is also the classification ``ground_truth``, ``flags`` are also tags, and ``family``,
     ``family_rank`` and ``family_size`` place each face in its family (see :func:`families`).
@@ -342,6 +345,8 @@ def _sample_columns(
 
     root = workspace.root.resolve()
     columns["filepath"] = [f"{root}{os.sep}{path}" for path in manifest["filepath"].to_pylist()]  # 1 s as Paths
+    columns[FACE_FIELD] = [f"{root}{os.sep}{path}" for path in face_filepaths(manifest)]
+    types[FACE_FIELD] = pa.string()
     columns["tags"] = [_managed_tags(columns, i) for i in range(manifest.num_rows)]
     columns["ground_truth"] = columns["label"]
     columns["prediction"] = [
@@ -669,7 +674,11 @@ def _same(old: Any, new: Any) -> bool:
 
 def _save_views(dataset: fo.Dataset) -> None:
     """(Re)write the saved views of :data:`SAVED_VIEWS`, and :data:`THIN_CELLS_VIEW` while there are thin
-    cells (an earlier audit's view of them is removed when this one found none)."""
+    cells (an earlier audit's view of them is removed when this one found none); let the App show
+    either the image as ingested or the face as training reads it (:data:`FACE_FIELD`)."""
+    if dataset.app_config.media_fields != ["filepath", FACE_FIELD]:
+        dataset.app_config.media_fields = ["filepath", FACE_FIELD]
+        dataset.save()
     for saved in SAVED_VIEWS:
         dataset.save_view(saved.name, saved.select(dataset), description=saved.description, overwrite=True)
     thin = THIN_CELLS_VIEW.select(dataset)
@@ -738,6 +747,10 @@ def export_fiftyone_dataset(workspace: Workspace, ids: Sequence[str], splits: Se
     staging = view.clone()  # a throwaway copy: the workspace's mirror keeps no export state
     try:
         staging.set_values("split", list(splits))
+        faces = staging.values(FACE_FIELD)
+        if faces != staging.values("filepath"):  # aligned faces are exported, as training reads them
+            staging.set_values("filepath", faces)
+            staging.compute_metadata(overwrite=True, progress=False)
         for split_name in sorted(set(splits)):
             staging.match(fo.ViewField("split") == split_name).tag_samples(split_name)
         with quiet_fiftyone():

@@ -11,9 +11,10 @@ from 68-point (iBUG/CK+) landmarks when the call passes ``face_landmarks=`` as a
 pixels (``"landmarks"``); from dlib's 5 points found on the image by the audit
 (:mod:`fercurate.audit.faces`) when it passes a ``(5, 2)`` array (``"detected"``: eyes and nose
 measured, mouth, brows, chin and face width estimated from the eye distance with FER2013's average
-proportions); else from the canonical geometry of FER2013's roughly aligned crops (STACK.md,
-measured on 2,000 FER2013 faces: eyes at x ~0.31 and ~0.68, y ~0.375 of the side; mouth y ~0.79; nose
-tip placed midway at ~0.58), scaled to the image (``"canonical"``). The placement used is returned
+proportions); else from the canonical geometry of FER2013's roughly aligned crops (the eyes where
+:mod:`fercurate.align` puts them, x 0.306 and 0.668, y 0.375 of the side, measured on the full
+FER2013; mouth y ~0.79 from STACK.md's 2,000 faces; nose tip placed midway at ~0.58), scaled to the
+image (``"canonical"``), which is also where an aligned face has them. The placement used is returned
 with the occluder's parameters and recorded in each synthetic row's recipe.
 """
 
@@ -27,8 +28,17 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-#: Canonical geometry of FER2013 crops, as fractions of width (x) and height (y).
-CANONICAL = {"left_eye": (0.31, 0.375), "right_eye": (0.68, 0.375), "nose": (0.5, 0.58),
+from fercurate.align import CANONICAL_EYES, CANONICAL_SIDE
+
+
+def _eye_share(eye: int) -> tuple[float, float]:
+    x, y = CANONICAL_EYES[eye]
+    return round(x / CANONICAL_SIDE, 3), round(y / CANONICAL_SIDE, 3)
+
+
+#: Canonical geometry of FER2013 crops, as fractions of width (x) and height (y); the eyes are the
+#: aligned face's (:data:`fercurate.align.CANONICAL_EYES`).
+CANONICAL = {"left_eye": _eye_share(0), "right_eye": _eye_share(1), "nose": (0.5, 0.58),
              "mouth": (0.5, 0.79), "brow_y": 0.27, "chin_y": 0.97, "face_x": (0.1, 0.9)}
 Placement = Literal["landmarks", "detected", "canonical"]
 #: dlib's 5-point layout (``shape_predictor_5_face_landmarks``): the image-right eye's outer and

@@ -1,5 +1,6 @@
-"""Synthetic rows: storing a synthetic face's image and building its workspace row, from its
-parent's (a face derived from a real one) or from its generator's (a face a generator made).
+"""Synthetic rows: a synthetic face's workspace row, from its parent's (a face derived from a real
+one) or from its generator's (a face a generator made); its image is stored by
+:meth:`~fercurate.workspace.Workspace.store_image`.
 
 A derived row inherits who the face is (subject, demographics, label) from its parent and gets its
 own identity (a deterministic id), image (content-addressed, written atomically like ingest's), and
@@ -13,29 +14,13 @@ generators are conditioned on the label only), and ``checkpoint_sha1`` names the
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import numpy as np
-
-from fercurate.schema import DEMOGRAPHIC_COLUMNS, UNKNOWN, image_relpath
-from fercurate.workspace import Workspace, _atomic_write_png, pixel_sha1
+from fercurate.schema import DEMOGRAPHIC_COLUMNS, UNKNOWN
 
 #: Columns a derived row takes from its parent.
 INHERITED = ("label", "native_label", "label_source", "subject_id", "gender", "gender_source", "age_group",
              "age_group_source", "ethnicity", "ethnicity_source")
-
-
-def store_image(workspace: Workspace, pixels: np.ndarray) -> dict[str, Any]:
-    """Write ``pixels`` content-addressed into the workspace (once) and return the image columns."""
-    sha1 = pixel_sha1(pixels)
-    relpath = image_relpath(sha1)
-    target = os.path.join(str(workspace.root), relpath)
-    if not os.path.exists(target):
-        _atomic_write_png(pixels, target)
-    height, width = pixels.shape[:2]
-    return {"filepath": relpath, "sha1": sha1, "width": width, "height": height,
-            "channels": 1 if pixels.ndim == 2 else pixels.shape[2]}
 
 
 def derived_row(parent: dict[str, Any], image: dict[str, Any], **provenance: Any) -> dict[str, Any]:

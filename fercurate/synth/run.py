@@ -48,16 +48,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from fercurate.align import transform_points
 from fercurate.errors import OptionError
 from fercurate.options import parse_device
-from fercurate.schema import ROW_SCHEMA
+from fercurate.schema import ROW_SCHEMA, face_filepaths
 from fercurate.splits import REBALANCE_DROP_FLAG, SplitOptions
 from fercurate.synth.augment import Strength, augment_faces, face_seed
 from fercurate.phash import image_hashes
 from fercurate.synth.filter import FilterOptions, score, thumbnails
 from fercurate.synth.occluders import OCCLUDERS
 from fercurate.synth.plan import GroupColumn, Method, RebalancePlan, parse_target, plan_from_counts, training_rows
-from fercurate.synth.rows import derived_row, generated_row, store_image
+from fercurate.synth.rows import derived_row, generated_row
 from fercurate.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -156,11 +157,14 @@ def _read_image(workspace: Workspace, filepath: str) -> np.ndarray:
 
 def _parent_faces(workspace: Workspace, manifest: pa.Table, parents: pd.DataFrame
                   ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
-    """Every parent's pixels and stored landmarks (None where it has none), read once per run."""
+    """Every parent's face as training reads it (aligned where it was, see :mod:`fercurate.align`)
+    and its stored landmarks in that face's pixels (None where it has none), read once per run."""
     wanted = manifest.filter(pc.and_(pc.is_in(manifest["id"], pa.array(parents["id"].tolist(), pa.string())),
-                                     pc.is_valid(manifest["landmarks"]))).select(["id", "landmarks"])
-    points = {row["id"]: np.asarray(row["landmarks"], np.float32) for row in wanted.to_pylist()}
-    return ([_read_image(workspace, path) for path in parents["filepath"]],
+                                     pc.is_valid(manifest["landmarks"]))).select(["id", "landmarks", "alignment"])
+    points = {row["id"]: np.asarray(row["landmarks"] if row["alignment"] is None
+                                    else transform_points(row["landmarks"], row["alignment"]), np.float32)
+              for row in wanted.to_pylist()}
+    return ([_read_image(workspace, path) for path in face_filepaths(parents)],
             [points.get(row_id) for row_id in parents["id"]])
 
 
@@ -304,7 +308,7 @@ def synthesize(workspace: Workspace, options: SynthesizeOptions | None = None, *
                     records = jobs.to_dict("records")
                     kept = np.flatnonzero(np.equal(scores.reason, None))
                     with ThreadPoolExecutor(2) as pool:  # PNG encoding and file writes release the GIL
-                        images = list(pool.map(lambda i: store_image(workspace, faces[i]), kept))
+                        images = list(pool.map(lambda i: workspace.store_image(faces[i]), kept))
                     for i, image in zip(kept, images):
                         job = records[i]
                         filter_scores = {"near_copy_hamming": int(scores.hamming[i]),
@@ -422,7 +426,7 @@ def make_occluded_test_set(workspace: Workspace, *, occluders: Sequence[str] = T
             parent = parent_by_id[job["parent_id"]]
             recipe = {"method": OCCLUDED_TEST_FLAG, "occluder": job["occluder"], "strength": strength,
                       "placement": placements[i], "seed": seed}
-            rows.append(derived_row(parent, store_image(workspace, faces[i]), id=job["id"], source="synthetic",
+            rows.append(derived_row(parent, workspace.store_image(faces[i]), id=job["id"], source="synthetic",
                                     source_split=parent["source_split"], is_synthetic=False,
                                     flags=[OCCLUDED_TEST_FLAG], generator=f"{OCCLUDED_TEST_FLAG}:occlusion-{job['occluder']}",
                                     seed=int(job["seed"]), recipe=json.dumps(recipe, sort_keys=True)))

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from fercurate.compute import SIDE, load_images
 from fercurate.export import ExportOptions, plan_export
-from fercurate.schema import CANONICAL_LABELS, LABEL_INDEX
+from fercurate.schema import CANONICAL_LABELS, LABEL_INDEX, face_filepaths
 from fercurate.splits import SPLITS
 from fercurate.workspace import Workspace
 
@@ -99,7 +99,7 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
         if missing:
             raise ValueError(f"rows with labels outside the label map: {sorted(missing)}")
         labels = np.array(rows["label"].map(label_map), dtype=np.int64)
-        return cls(load_images(root, rows["filepath"].tolist(), workers), labels, rows["id"].tolist())
+        return cls(load_images(root, face_filepaths(rows), workers), labels, rows["id"].tolist())
 
     def __len__(self) -> int:
         return len(self.labels)

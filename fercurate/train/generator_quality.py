@@ -37,6 +37,7 @@ from fercurate.errors import OptionError
 from fercurate.export import ExportOptions, plan_export
 from fercurate.splits import SplitOptions
 from fercurate.phash import image_hashes
+from fercurate.schema import face_filepaths
 from fercurate.synth.filter import REJECT_NEAR_COPY, FilterOptions, score, thumbnails
 from fercurate.synth.quality import (
     ClassQuality,
@@ -234,9 +235,9 @@ def report_generator(workspace: Workspace, run: str | Path, *, classifier: str |
     seeds = list(range(first_seed, first_seed + per_class))
     samples = {label: thumbnails(list(generator.sample(label, seeds, guidance=guidance, steps=steps)))
                for label in generator.class_names}
-    report = quality_report(samples, train_faces=load_images(workspace.root, trained["filepath"].tolist()),
+    report = quality_report(samples, train_faces=load_images(workspace.root, face_filepaths(trained)),
                             train_labels=trained["label"].tolist(),
-                            held_out_faces=load_images(workspace.root, held_out["filepath"].tolist()),
+                            held_out_faces=load_images(workspace.root, face_filepaths(held_out)),
                             held_out_labels=held_out["label"].tolist(), classifier=classifier,
                             generator=f"{generator.kind} {generator.path.parent} (step {generator.step}, "
                                       f"checkpoint {generator.checkpoint_sha1[:12]})")

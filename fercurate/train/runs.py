@@ -14,8 +14,10 @@ of the test split with a gray square over each face, and on the face-aware occlu
 difference is called a finding only across several seeds (:func:`compare_arms`). Every test set is scored on the
 classes the model was trained on only (a FER2013 model has no contempt output, so CK+'s contempt
 faces would count as certain errors): faces of other classes are left out, counted per class in
-``left_out``, and named in the report. The configuration and a hash of the
-workspace's data are recorded so a run can be repeated and compared.
+``left_out``, and named in the report. Training and tests read the aligned faces where ``fercurate
+align`` made them; ``faces="both"`` runs every arm on the faces as ingested too, first, so the
+comparison says what alignment does. The configuration and a hash of the workspace's data are
+recorded so a run can be repeated and compared.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from pydantic import BaseModel, Field, field_validator
 
 from fercurate.errors import TrainError
 from fercurate.export import ExportOptions
-from fercurate.options import parse_balance
+from fercurate.options import Faces, parse_balance
+from fercurate.schema import face_filepaths
 from fercurate.splits import SplitOptions
 from fercurate.synth.run import OCCLUDED_TEST_FLAG
 from fercurate.train.data import load_images, rows_in_classes, workspace_splits
@@ -58,15 +61,23 @@ ARMS = {
 SYNTHETIC_ARMS: dict[str, str | None] = {"augmented": "augment", "cgan": "cgan", "ddpm": "ddpm", "mix": None}
 Arm = Literal["original", "class-weighted", "balanced-sampler", "rebalanced", "augmented", "cgan", "ddpm", "mix"]
 Progress = Callable[[TrainProgress], None]
+FACES = {"aligned": "the aligned faces (where `fercurate align` made them)", "original": "the faces as ingested"}
+
+
+def faces_as(rows: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """``rows`` read as ``variant`` faces: ``original`` hides the aligned face, so every reader
+    (:func:`~fercurate.schema.face_filepaths`) takes the image as ingested."""
+    return rows if variant == "aligned" or "aligned_filepath" not in rows else rows.assign(aligned_filepath=None)
 
 
 def manifest_hash(workspace: Workspace) -> str:
-    """SHA-1 of what the data is (row ids, pixel hashes, labels), independent of file encoding."""
-    manifest = workspace.manifest().select(["id", "sha1", "label"])
+    """SHA-1 of what the data is (row ids, pixel hashes, labels, aligned faces), independent of file
+    encoding."""
+    manifest = workspace.manifest().select(["id", "sha1", "label", "aligned_filepath"])
     digest = hashlib.sha1()
     for batch in manifest.to_batches():
         for column in batch.columns:
-            digest.update("\x1f".join(column.to_pylist()).encode())
+            digest.update("\x1f".join(value or "" for value in column.to_pylist()).encode())
     return digest.hexdigest()
 
 
@@ -102,7 +113,7 @@ def evaluate_rows(result: TrainResult, workspace: Workspace, rows: pd.DataFrame,
     every face's true and predicted class (see :func:`~fercurate.train.evaluate.evaluate`)."""
     known, left_out = rows_in_classes(rows, result.label_map)
     if images is None:
-        images = load_images(workspace.root, known["filepath"].tolist())
+        images = load_images(workspace.root, face_filepaths(known))
     else:
         images = images[rows["label"].isin(list(result.label_map)).to_numpy()]
     labels = known["label"].map(result.label_map).to_numpy()
@@ -149,7 +160,7 @@ def train_on_workspace(workspace: Workspace, config: TrainConfig, output_dir: Pa
     if onnx:
         path = export_onnx(result.model, output_dir / "model.onnx", result.class_names, result.normalization,
                            model_name=result.model_name)
-        sample = (load_images(workspace.root, splits["validation"]["filepath"].head(64).tolist())
+        sample = (load_images(workspace.root, face_filepaths(splits["validation"].head(64)))
                   .astype(np.float32)[:, None] / 255.0 - result.normalization.mean) / result.normalization.std
         summary["onnx"] = {"path": str(path), **check_onnx(path, result.model, sample)}
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -176,6 +187,12 @@ class BenchmarkConfig(BaseModel):
     train_source: str = Field("fer2013", description="the source trained on; other sources are cross-dataset tests")
     occlusion_share: float = Field(0.25, gt=0, lt=1)
     tta_flip: bool = False
+    faces: Faces = Field("aligned", description="train and test on the aligned faces (where `fercurate align` made "
+                                                "them), on the faces as ingested, or both: every arm twice")
+
+    @property
+    def face_variants(self) -> list[str]:
+        return ["original", "aligned"] if self.faces == "both" else [self.faces]
 
     @field_validator("rebalance_target", mode="before")
     @classmethod
@@ -221,6 +238,13 @@ def _arm_splits(workspace: Workspace, arm: str, config: BenchmarkConfig, base: d
     return {**rows, "train": train[~synthetic | (chosen & own)].reset_index(drop=True)}
 
 
+def _aligned_rows(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Per source: its rows, and how many have an aligned face."""
+    aligned = manifest["aligned_filepath"].notna()
+    return {str(source): {"rows": int(len(part)), "aligned": int(aligned[part.index].sum())}
+            for source, part in manifest.groupby("source")}
+
+
 def _occluded_test_rows(manifest: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
     """The face-aware occluded copies (``synthesize --occluded-test``) of ``test``'s rows."""
     flagged = manifest["flags"].map(lambda flags: flags is not None and OCCLUDED_TEST_FLAG in flags)
@@ -234,42 +258,51 @@ def run_benchmark(workspace: Workspace, config: BenchmarkConfig, output_dir: Pat
     ``benchmark.json``, ``benchmark.md``, ``benchmark.html`` and plots into ``output_dir``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    manifest = workspace.manifest().drop_columns(["landmarks", "action_units"]).to_pandas()
+    manifest = workspace.manifest().drop_columns(["landmarks", "action_units", "alignment"]).to_pandas()
     base = workspace_splits(workspace, ExportOptions(sources=[config.train_source], apply_rebalance_drops=False))
     cross = {source: manifest[manifest["source"] == source] for source in sorted(set(manifest["source"]))
              if source not in (config.train_source, "synthetic")}
     test_name = f"{config.train_source} test"
-    test_images = load_images(workspace.root, base["test"]["filepath"].tolist())
-    squares = occlude(test_images, seed=config.train.seed, share=config.occlusion_share)
     face_aware = _occluded_test_rows(manifest, base["test"])
     splits = {arm: _arm_splits(workspace, arm, config, base, manifest) for arm in config.arms}  # fail before training
+    both = len(config.face_variants) > 1
     arms: dict[str, Any] = {}
-    for arm in config.arms:
-        rows = splits[arm]
-        runs = {}
-        for seed in config.training_seeds:
-            train_config = config.train.model_copy(update={"class_weights": arm == "class-weighted",
-                                                           "balanced_sampler": arm == "balanced-sampler", "seed": seed})
-            name = arm if len(config.training_seeds) == 1 else f"{arm}/seed-{seed}"
-            result = train(train_config, rows["train"], rows["validation"], workspace.root, output_dir / name,
-                           progress=(lambda event, name=name: progress(name, event)) if progress else None)
+    for variant in config.face_variants:
+        test_rows = faces_as(base["test"], variant)
+        test_images = load_images(workspace.root, face_filepaths(test_rows))
+        squares = occlude(test_images, seed=config.train.seed, share=config.occlusion_share)
+        for arm in config.arms:
+            rows = {name: faces_as(frame, variant) for name, frame in splits[arm].items()}
+            key = f"{arm} ({variant} faces)" if both else arm
+            runs = {}
+            for seed in config.training_seeds:
+                train_config = config.train.model_copy(update={"class_weights": arm == "class-weighted",
+                                                               "balanced_sampler": arm == "balanced-sampler",
+                                                               "seed": seed})
+                name = key if len(config.training_seeds) == 1 else f"{key}/seed-{seed}"
+                folder = name.replace(" (", "-").replace(" faces)", "")
+                result = train(train_config, rows["train"], rows["validation"], workspace.root, output_dir / folder,
+                               progress=(lambda event, name=name: progress(name, event)) if progress else None)
 
-            def scored(rows_of: pd.DataFrame, images: np.ndarray | None = None) -> dict[str, Any]:
-                return evaluate_rows(result, workspace, rows_of, config.tta_flip, images, predictions=True)
-            tests = {test_name: scored(base["test"], test_images),
-                     f"{test_name}, occluded (square)": scored(base["test"], squares)}
-            if len(face_aware):
-                tests[f"{test_name}, occluded (face-aware)"] = scored(face_aware)
-            tests.update({f"{source} (cross-dataset)": scored(rows_of) for source, rows_of in cross.items()})
-            plot_confusion(np.asarray(tests[test_name]["confusion_matrix"]), result.class_names,
-                           output_dir / f"confusion-{name.replace('/', '-')}.png", title=f"{name}: {test_name}")
-            runs[str(seed)] = {"training": result.to_dict(), "tests": tests}
-        arms[arm] = {"description": ARMS[arm], "train_rows": len(rows["train"]),
-                     "synthetic_train_rows": int((rows["train"]["source"] == "synthetic").sum()), "seeds": runs}
+                def scored(rows_of: pd.DataFrame, images: np.ndarray | None = None) -> dict[str, Any]:
+                    return evaluate_rows(result, workspace, rows_of, config.tta_flip, images, predictions=True)
+                tests = {test_name: scored(test_rows, test_images),
+                         f"{test_name}, occluded (square)": scored(test_rows, squares)}
+                if len(face_aware):
+                    tests[f"{test_name}, occluded (face-aware)"] = scored(face_aware)
+                tests.update({f"{source} (cross-dataset)": scored(faces_as(rows_of, variant))
+                              for source, rows_of in cross.items()})
+                plot_confusion(np.asarray(tests[test_name]["confusion_matrix"]), result.class_names,
+                               output_dir / f"confusion-{folder.replace('/', '-')}.png", title=f"{name}: {test_name}")
+                runs[str(seed)] = {"training": result.to_dict(), "tests": tests}
+            arms[key] = {"description": ARMS[arm] + (f", on {FACES[variant]}" if both else ""), "faces": variant,
+                         "train_rows": len(rows["train"]),
+                         "synthetic_train_rows": int((rows["train"]["source"] == "synthetic").sum()), "seeds": runs}
     report = {
         "config": json.loads(config.model_dump_json()),
         "data": {"workspace": str(workspace.root), "manifest_sha1": manifest_hash(workspace),
-                 "test_rows": len(base["test"]), "face_aware_occluded_rows": len(face_aware)},
+                 "test_rows": len(base["test"]), "face_aware_occluded_rows": len(face_aware),
+                 "aligned_rows": _aligned_rows(manifest)},
         "machine": _machine(result), "seconds": round(time.time() - started, 1), "arms": arms,
     }
     if not len(face_aware):

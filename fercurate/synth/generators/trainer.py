@@ -44,7 +44,7 @@ from fercurate.atomic import atomic_path
 from fercurate.compute import autocast_dtype, load_images, resolve_device, seed_everything
 from fercurate.errors import OptionError, TrainError
 from fercurate.options import validated
-from fercurate.schema import CANONICAL_LABELS
+from fercurate.schema import CANONICAL_LABELS, face_filepaths
 from fercurate.splits import SplitOptions
 from fercurate.synth.generators.model import RESUMABLE_CHANGES, GeneratorConfig, GeneratorModel
 from fercurate.synth.plan import training_rows
@@ -159,7 +159,7 @@ class _Run:
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
         labels = rows["label"].map({name: i for i, name in enumerate(self.class_names)}).to_numpy(np.int64)
-        images = load_images(workspace.root, rows["filepath"].tolist(), side=config.image_size)
+        images = load_images(workspace.root, face_filepaths(rows), side=config.image_size)
         self.model = generator_model(kind)(config, len(self.class_names), self.device,
                                            autocast_dtype(config.mixed_precision, self.device))
         self.batches = _Batches(images, labels, len(self.class_names), config, self.device)
