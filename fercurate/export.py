@@ -439,6 +439,7 @@ def write_card(workspace: Workspace, report: ExportReport, options: ExportOption
     synthetic = rows.groupby("label")["is_synthetic"].mean().round(4)
     generators = sorted(rows.loc[rows["is_synthetic"], "generator"].dropna().unique())
     label_sources = rows.groupby(["source", "label_source"]).size().rename("rows").reset_index()
+    aligned = rows.assign(aligned=rows["aligned_filepath"].notna()).groupby("source")["aligned"].agg(["size", "sum"])
     votes = report.table["label_votes"] if report.table is not None else pa.nulls(0)
     with_votes = int(len(votes) - votes.null_count)
     audit_summary = _audit_summary(workspace)
@@ -454,6 +455,8 @@ def write_card(workspace: Workspace, report: ExportReport, options: ExportOption
         label_source_table=label_sources.to_markdown(index=False), label_modes=_label_modes(rows),
         rows_with_votes=with_votes, reviews=review_summary(read_reviews(workspace)),
         estimated_demographics={column: count for column, count in estimated.items() if count},
+        aligned_rows=int(aligned["sum"].sum()),
+        aligned_table=aligned.rename(columns={"size": "rows", "sum": "aligned faces"}).to_markdown(),
         audit=audit_summary)
     card.save(str(out / "README.md"))
 

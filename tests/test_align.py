@@ -174,6 +174,7 @@ def test_train_export_and_benchmark_read_the_aligned_face(aligned_workspace, tmp
     exported = {path.stem: cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
                 for path in (tmp_path / "out" / "imagefolder").rglob("*.png")}
     assert {image.shape for image in exported.values()} == {(48, 48), (FRAME, FRAME)}  # only the blank frame is large
+    assert "8 of the 10 faces are aligned" in (tmp_path / "out" / "README.md").read_text()  # the dataset card
     row_id = rows["id"][0]
     exported_frame = next(image for stem, image in exported.items() if stem == row_id.replace("/", "__").replace(":", "_"))
     np.testing.assert_array_equal(exported_frame, aligned[0])
