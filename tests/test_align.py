@@ -214,19 +214,25 @@ def test_fiftyone_shows_and_exports_the_aligned_face(aligned_workspace, tmp_path
                                                     fiftyone_database: Path) -> None:
     import fiftyone as fo
 
+    from fercurate.audit.fiftyone_database import dataset_name
     from fercurate.audit.fiftyone_sync import FACE_FIELD, sync_to_fiftyone
 
     workspace, _ = aligned_workspace
+    workspace = Workspace(workspace.root.rename(tmp_path / "fiftyone-aligned-ws"))  # a mirror name of its own
     align_workspace(workspace, workers=1)
     manifest = workspace.manifest()
-    dataset = sync_to_fiftyone(workspace, name=f"align-{tmp_path.name}")
-    assert dataset.app_config.media_fields == ["filepath", FACE_FIELD]
-    faces = dict(zip(dataset.values("fercurate_id"), dataset.values(FACE_FIELD), strict=True))
-    root = str(workspace.root.resolve())
-    assert faces == {row_id: f"{root}/{path}" for row_id, path in zip(manifest["id"].to_pylist(),
-                                                                     face_filepaths(manifest), strict=True)}
-    export_dataset(workspace, tmp_path / "out", ExportOptions(formats=["fiftyone"], split={"strategy": "grouped"}))
-    reloaded = fo.Dataset.from_dir(str(tmp_path / "out" / "fiftyone"), dataset_type=fo.types.FiftyOneDataset)
-    sizes = {(sample["width"], sample.metadata.width) for sample in reloaded}
-    assert (FRAME, 48) in sizes  # a frame's row (width as ingested) exported as its 48 px aligned face
-    assert (FRAME, FRAME) in sizes  # the faceless frame, not aligned, exported as it is
+    dataset = sync_to_fiftyone(workspace)
+    try:
+        assert dataset.app_config.media_fields == ["filepath", FACE_FIELD]
+        faces = dict(zip(dataset.values("fercurate_id"), dataset.values(FACE_FIELD), strict=True))
+        root = str(workspace.root.resolve())
+        assert faces == {row_id: f"{root}/{path}" for row_id, path in zip(manifest["id"].to_pylist(),
+                                                                         face_filepaths(manifest), strict=True)}
+        export_dataset(workspace, tmp_path / "out", ExportOptions(formats=["fiftyone"], split={"strategy": "grouped"}))
+        reloaded = fo.Dataset.from_dir(str(tmp_path / "out" / "fiftyone"), dataset_type=fo.types.FiftyOneDataset)
+        sizes = {(sample["width"], sample.metadata.width) for sample in reloaded}
+        reloaded.delete()
+        assert (FRAME, 48) in sizes  # a frame's row (width as ingested) exported as its 48 px aligned face
+        assert (FRAME, FRAME) in sizes  # the faceless frame, not aligned, exported as it is
+    finally:
+        fo.delete_dataset(dataset_name(workspace))
