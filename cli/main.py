@@ -26,7 +26,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from fercurate.errors import FercurateError, OptionError
-from fercurate.options import BALANCE_HELP, DEVICES, Faces, ModelName, NoiseModel, Optimizer, Schedule, choices, validated
+from fercurate.options import (BALANCE_HELP, DEVICES, Faces, ModelName, NoiseModel, Optimizer, Schedule, choices,
+                               validated)
 from fercurate_cli.generator import generator_app
 from fercurate_cli.review import review_app
 from fercurate_cli.synthesize import synthesize

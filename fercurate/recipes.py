@@ -17,10 +17,10 @@ String values may name environment variables, ``${VAR}`` or ``${VAR:-default}`` 
 ``path: ${FER2013_CSV}``, ``output: ${FERCURATE_OUTPUT:-out}/export``); an unset variable without a
 default is refused before anything runs.
 
-Every step kind is a model in :data:`STEPS` that extends the library's own options (``AuditOptions``,
-``AlignOptions``, ``SynthesizeOptions``, ``ExportOptions``, ``TrainConfig``, ``BenchmarkConfig``; a ``generator`` step's
-``options`` are validated by its kind's ``GeneratorConfig``): one definition of each
-option for the library, the CLI and recipes. Each step is validated before anything runs, so a typo
+Every step kind is a model in :data:`STEPS` that extends the library's own options (``AlignOptions``,
+``AuditOptions``, ``SynthesizeOptions``, ``ExportOptions``, ``TrainConfig``, ``BenchmarkConfig``; a
+``generator`` step's ``options`` are validated by its kind's ``GeneratorConfig``): one definition of
+each option for the library, the CLI and recipes. Each step is validated before anything runs, so a typo
 fails at once with the step's number and the key.
 
 Runs are recorded and resumable. :func:`run_recipe` keeps one record per recipe in the workspace,

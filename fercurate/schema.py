@@ -8,7 +8,6 @@ not know are the value ``"unknown"`` (never a guess), with ``"unknown"`` as thei
 from __future__ import annotations
 
 from collections.abc import Mapping
-
 from typing import TYPE_CHECKING
 
 import pyarrow as pa

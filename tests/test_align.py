@@ -176,7 +176,7 @@ def test_train_export_and_benchmark_read_the_aligned_face(aligned_workspace, tmp
     assert {image.shape for image in exported.values()} == {(48, 48), (FRAME, FRAME)}  # only the blank frame is large
     assert "8 of the 10 faces are aligned" in (tmp_path / "out" / "README.md").read_text()  # the dataset card
     row_id = rows["id"][0]
-    exported_frame = next(image for stem, image in exported.items() if stem == row_id.replace("/", "__").replace(":", "_"))
+    exported_frame = exported[row_id.replace("/", "__").replace(":", "_")]
     np.testing.assert_array_equal(exported_frame, aligned[0])
 
 
@@ -188,7 +188,8 @@ def test_reingest_keeps_the_alignment_and_the_schema_rule_holds(aligned_workspac
     assert report.rows_kept_enrichment == 9  # every row but the blank crop, which nothing was added to
     assert workspace.manifest()["aligned_filepath"].equals(aligned["aligned_filepath"])
     column = aligned.schema.get_field_index("alignment")
-    broken = aligned.set_column(column, aligned.schema.field(column), pa.nulls(aligned.num_rows, aligned.schema.field(column).type))
+    kind = aligned.schema.field(column)
+    broken = aligned.set_column(column, kind, pa.nulls(aligned.num_rows, kind.type))
     with pytest.raises(SchemaError, match="both set or both null"):
         validate_table(broken)
 

@@ -201,9 +201,10 @@ def sync_to_fiftyone(
 
     One sample per manifest row: ``filepath`` is the image's absolute path, ``metadata`` its
     size, :data:`FACE_FIELD` the absolute path of the face as training reads it (aligned where
-    ``fercurate align`` made it; the App's media-field switch shows it), every schema column is a field (``id`` as ``fercurate_id``, since FiftyOne owns ``id``;
-    ``label_votes`` and ``action_units`` as dicts; ``landmarks`` as a list of [x, y]), ``label``
-    is also the classification ``ground_truth``, ``flags`` are also tags, and ``family``,
+    ``fercurate align`` made it; the App's media-field switch shows it), every schema column is a
+    field (``id`` as ``fercurate_id``, since FiftyOne owns ``id``; ``label_votes`` and
+    ``action_units`` as dicts; ``landmarks`` as a list of [x, y]), ``label`` is also the
+    classification ``ground_truth``, ``flags`` are also tags, and ``family``,
     ``family_rank`` and ``family_size`` place each face in its family (see :func:`families`).
 
     ``audit_rows`` (keyed by ``id``) adds per-row audit results (see :data:`AUDIT_COLUMNS`; any
