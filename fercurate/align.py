@@ -48,7 +48,6 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from fercurate.audit.faces import TIGHT_CROP_SIDE, find_faces_in_files, with_detected_landmarks
-from fercurate.errors import WorkspaceError
 from fercurate.workspace import Workspace
 
 #: Eye centres of FER2013's average crop, in pixels of a 48x48 image (image-left eye first):
@@ -174,16 +173,6 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return np.asarray(points, np.float64) @ matrix[:, :2].T + matrix[:, 2]
 
 
-def _read(path: str) -> np.ndarray:
-    pixels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if pixels is None:
-        raise WorkspaceError(f"the image {path} is missing or unreadable",
-                             "re-run `fercurate ingest` of its source to restore it, then align again")
-    if pixels.ndim == 3:
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB if pixels.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    return pixels
-
-
 def align_workspace(workspace: Workspace, options: AlignOptions | None = None, *, ids: Sequence[str] | None = None,
                     workers: int | None = None, progress: Callable[[str, int, int], None] | None = None
                     ) -> AlignReport:
@@ -241,11 +230,12 @@ def _aligned(workspace: Workspace, manifest: pa.Table, rows: np.ndarray, side: i
     matrices = np.full((len(rows), 2, 3), np.nan)
     if usable.any():
         matrices[usable] = alignment_matrices(eyes[usable], side)
-    paths = [str(workspace.image_path(path)) for path in part["filepath"].to_pylist()]
+    paths = part["filepath"].to_pylist()
     todo = np.flatnonzero(usable)
 
     def store(position: int) -> str:
-        return workspace.store_image(align_face(_read(paths[position]), matrices[position], side))["filepath"]
+        face = align_face(workspace.read_image(paths[position]), matrices[position], side)
+        return workspace.store_image(face)["filepath"]
 
     aligned_paths: list[str | None] = [None] * len(rows)
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:

@@ -293,6 +293,17 @@ class Workspace:
         validate_table(table)
         _atomic_write_parquet(table, self.manifest_path)
 
+    def read_image(self, row_filepath: str) -> np.ndarray:
+        """A row's image as stored: gray ``(H, W)`` or RGB ``(H, W, 3)`` uint8; a missing or
+        unreadable file is a :class:`WorkspaceError` saying how to restore it."""
+        pixels = cv2.imread(str(self.image_path(row_filepath)), cv2.IMREAD_UNCHANGED)
+        if pixels is None:
+            raise WorkspaceError(f"the image {row_filepath} of the workspace is missing or unreadable",
+                                 "re-run `fercurate ingest` for its source (it restores missing images)")
+        if pixels.ndim == 2:
+            return pixels
+        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB if pixels.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+
     def store_image(self, pixels: np.ndarray) -> dict[str, Any]:
         """Write ``pixels`` (gray or RGB uint8) content-addressed into the workspace, once, atomically
         as ingest does, and return the row's image columns (``filepath``, ``sha1``, size, channels)."""

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -147,14 +146,6 @@ class SynthesizeReport:
                 "drops_changed": self.drops_changed, "seconds": round(self.seconds, 2), "dry_run": self.dry_run}
 
 
-def _read_image(workspace: Workspace, filepath: str) -> np.ndarray:
-    pixels = cv2.imread(str(workspace.image_path(filepath)), cv2.IMREAD_UNCHANGED)
-    if pixels is None:
-        raise OptionError(f"the image {filepath} of the workspace is missing or unreadable",
-                          "re-run `fercurate ingest` for its source (it restores missing images)")
-    return pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
-
-
 def _parent_faces(workspace: Workspace, manifest: pa.Table, parents: pd.DataFrame
                   ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
     """Every parent's face as training reads it (aligned where it was, see :mod:`fercurate.align`)
@@ -164,7 +155,7 @@ def _parent_faces(workspace: Workspace, manifest: pa.Table, parents: pd.DataFram
     points = {row["id"]: np.asarray(row["landmarks"] if row["alignment"] is None
                                     else transform_points(row["landmarks"], row["alignment"]), np.float32)
               for row in wanted.to_pylist()}
-    return ([_read_image(workspace, path) for path in face_filepaths(parents)],
+    return ([workspace.read_image(path) for path in face_filepaths(parents)],
             [points.get(row_id) for row_id in parents["id"]])
 
 
