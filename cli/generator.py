@@ -153,6 +153,8 @@ def report(
     workspace: WorkspaceOption = None,
     per_class: Annotated[int, typer.Option(min=2, help="Generated faces measured per class.")] = 500,
     seed: Annotated[int, typer.Option(help="First seed of the measured faces.")] = 0,
+    real_per_class: Annotated[int, typer.Option(
+        min=2, help="Real training faces per class the classifier describes (memorisation searches all).")] = 2000,
     strategy: Annotated[str, typer.Option(help="Split strategy of the held-apart real faces: official or grouped.")] = "official",
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance (ddpm).")] = None,
     sampling_steps: Annotated[Optional[int], typer.Option(help="Denoising steps (ddpm).")] = None,
@@ -169,7 +171,8 @@ def report(
 
     split = validated(SplitOptions, "split option", strategy=strategy)
     quality = report_generator(Workspace(workspace), run, classifier=classifier, per_class=per_class, first_seed=seed,
-                               split=split, guidance=guidance, steps=sampling_steps, device=device)
+                               split=split, guidance=guidance, steps=sampling_steps, device=device,
+                               real_per_class=real_per_class)
     if as_json:
         print(json.dumps(quality.to_dict(), indent=2))
         return

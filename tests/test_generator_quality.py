@@ -123,7 +123,9 @@ def test_copies_of_training_faces_are_all_rejected_and_the_ceiling_is_reported(
     assert 0 <= happiness.precision <= 1 and 0 <= happiness.recall <= 1
     assert happiness.precision == 1.0  # training faces lie on the manifold of the training faces
     assert contempt.classification_accuracy is None and contempt.frechet_distance is None  # no real contempt
-    assert report.overall.count == 16 and report.notes == {"labels_unknown_to_classifier": ["contempt"]}
+    assert report.overall.count == 16 and report.notes["labels_unknown_to_classifier"] == ["contempt"]
+    assert report.notes["real_faces_described"] == {
+        label: int((train_labels == label).sum()) for label in samples}  # under the cap: every face
 
     ceiling = report.ceiling
     assert ceiling is not None and [entry.label for entry in ceiling.classes] == list(samples)
@@ -146,3 +148,25 @@ def test_a_report_without_faces_is_valid_json_and_markdown() -> None:
     report = QualityReport("empty", [ClassQuality("fear", 0)], ClassQuality("all", 0))
     assert json.loads(json.dumps(report.to_dict(), allow_nan=False))["classes"][0]["diversity"] is None
     assert "| fear | 0 | - |" in report.to_markdown()
+
+
+def test_the_feature_cap_describes_a_seeded_subset_and_memorisation_still_searches_every_face(
+        tiny_run: dict[str, object]) -> None:
+    train_faces, train_labels = tiny_run["train_faces"], np.array(tiny_run["train_labels"])
+    happiness = train_faces[train_labels == "happiness"]
+    samples = {"happiness": happiness[-4:]}  # copies of faces the seeded draw of 3 may leave out
+
+    def report(cap: int | None) -> QualityReport:
+        return quality_report(samples, train_faces=train_faces, train_labels=train_labels.tolist(),
+                              held_out_faces=tiny_run["held_faces"], held_out_labels=tiny_run["held_labels"],
+                              classifier=tiny_run["checkpoint"], generator="copier", real_per_class=cap)
+
+    capped, again, uncapped = report(3), report(3), report(None)
+    assert len(happiness) > 3 and capped.notes["real_faces_described"] == {"happiness": 3}
+    assert uncapped.notes["real_faces_described"] == {"happiness": len(happiness)}
+    assert capped.classes[0].frechet_distance == again.classes[0].frechet_distance  # the same draw each run
+    assert capped.classes[0].frechet_distance != uncapped.classes[0].frechet_distance
+    assert capped.classes[0].near_copies == 4 and capped.classes[0].nearest_real_median == 0.0
+    assert "happiness 3" in capped.to_markdown()
+    with pytest.raises(ValueError, match="real_per_class must be at least 2"):
+        report(1)

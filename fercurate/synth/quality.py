@@ -260,6 +260,9 @@ class QualityReport:
         parts = [f"# Quality of {self.generator}", ""]
         if self.classifier:
             parts += [f"Reference classifier: `{self.classifier}`", ""]
+        if described := self.notes.get("real_faces_described"):
+            parts += ["Real training faces compared in the classifier's features: "
+                      + ", ".join(f"{label} {count:,}" for label, count in described.items()), ""]
         parts += [self.table(), ""]
         if self.ceiling is not None:
             parts += [f"## Ceiling: {self.ceiling.generator}", "", self.ceiling.table(), ""]

@@ -17,6 +17,11 @@ split) in place of the generated ones: what real, unseen faces score on every nu
 Frechet distance is biased upwards for small sets, so compare a class's value with the ceiling's
 at similar counts.
 
+The classifier describes at most ``real_per_class`` training faces of each class (a seeded draw;
+FER2013's 27k training faces cost minutes of CPU forwards, 2,000 per class a fraction of that and
+estimate a 1,024-dimensional covariance well); memorisation and the near-copy verdict always search
+every training face, since a copy of any one of them counts.
+
 This module lives in ``train`` because it runs a classifier; the metric math is in ``synth``.
 """
 
@@ -54,6 +59,7 @@ from fercurate.workspace import Workspace
 
 ALL_CLASSES = "all"
 CONTACT_SHEET_COLUMNS = 8
+REAL_PER_CLASS = 2000  # training faces per class the classifier describes (see the module docstring)
 _CONTACT_SCALE = 2  # each 48x48 face drawn at 96x96
 _LABEL_WIDTH = 110  # pixels left of each row for the class name
 
@@ -89,17 +95,17 @@ class _Judge:
     """What every face set is measured against: the classifier and the real training faces."""
 
     def __init__(self, classifier: str | Path, train_faces: np.ndarray, train_labels: Sequence[str],
-                 labels: Sequence[str], filter_options: FilterOptions | None, k: int) -> None:
+                 labels: Sequence[str], filter_options: FilterOptions | None, k: int,
+                 real_per_class: int | None) -> None:
         self.model, meta = load_classifier(classifier)
         self.normalization: Normalization = meta["normalization"]
         self.column = {name: index for index, name in enumerate(meta["class_names"])}
         self.train_faces = train_faces
         self.train_hashes = image_hashes(train_faces)
-        train_labels = np.asarray(train_labels, dtype=object)
-        in_report = np.isin(train_labels, list(labels))
-        self.real_labels = train_labels[in_report]
-        self.real_features = classifier_features(self.model, train_faces[in_report], self.normalization)[0] \
-            if in_report.any() else np.empty((0, 0))
+        described = _per_class_draw(np.asarray(train_labels, dtype=object), labels, real_per_class)
+        self.real_labels = np.asarray(train_labels, dtype=object)[described]
+        self.real_features = classifier_features(self.model, train_faces[described], self.normalization)[0] \
+            if len(described) else np.empty((0, 0))
         self.filter_options = (filter_options or FilterOptions()).model_copy(update={"judge": None})
         self.k = k
 
@@ -147,17 +153,32 @@ class _Judge:
         return classes, overall
 
 
+def _per_class_draw(labels: np.ndarray, wanted: Sequence[str], per_class: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``per_class`` entries of each ``wanted`` label (all of them when
+    None), drawn by a seeded permutation, so the same faces are described on every run."""
+    chosen = [np.flatnonzero(labels == label) for label in wanted]
+    if per_class is not None:
+        rng = np.random.default_rng(seed)
+        chosen = [rng.permutation(indices)[:per_class] for indices in chosen]
+    return np.sort(np.concatenate([*chosen, np.empty(0, np.int64)]).astype(np.int64))
+
+
 def quality_report(samples: Mapping[str, np.ndarray], *, train_faces: np.ndarray, train_labels: Sequence[str],
                    held_out_faces: np.ndarray, held_out_labels: Sequence[str], classifier: str | Path,
-                   generator: str, filter_options: FilterOptions | None = None, k: int = 3) -> QualityReport:
+                   generator: str, filter_options: FilterOptions | None = None, k: int = 3,
+                   real_per_class: int | None = REAL_PER_CLASS) -> QualityReport:
     """The quality of ``samples`` (label -> uint8 faces ``(N, 48, 48)`` generated for that label)
     against the real ``train_faces`` (uint8 ``(M, 48, 48)``, labels aligned), judged by the
     ``classifier`` checkpoint; the ceiling measures ``held_out_faces`` (real faces not trained on)
     of the same labels the same way. ``filter_options`` are the near-copy thresholds (its judge is
-    not used); ``k`` the neighbours of the precision/recall manifolds.
+    not used); ``k`` the neighbours of the precision/recall manifolds; ``real_per_class`` caps the
+    training faces of each class whose features are compared (None: all; memorisation always
+    searches all).
 
-    The pooled row (label ``all``) compares all faces with all training faces of the report's
-    labels, so it also reflects a class mix that differs from the training set's."""
+    The pooled row (label ``all``) compares all faces with the described training faces of the
+    report's labels, so it also reflects a class mix that differs from the training set's."""
+    if real_per_class is not None and real_per_class < 2:
+        raise ValueError(f"real_per_class must be at least 2 (a covariance needs two faces), got {real_per_class}")
     if not samples:
         raise ValueError("no classes of generated faces to judge")
     for name, images in [*samples.items(), ("train_faces", train_faces), ("held_out_faces", held_out_faces)]:
@@ -166,13 +187,14 @@ def quality_report(samples: Mapping[str, np.ndarray], *, train_faces: np.ndarray
                              f"got {images.dtype} {images.shape}")
     if len(train_faces) != len(train_labels) or len(held_out_faces) != len(held_out_labels):
         raise ValueError("train_faces/train_labels and held_out_faces/held_out_labels must align")
-    judge = _Judge(classifier, train_faces, train_labels, list(samples), filter_options, k)
+    judge = _Judge(classifier, train_faces, train_labels, list(samples), filter_options, k, real_per_class)
     held_out_labels = np.asarray(held_out_labels, dtype=object)
     ceiling_classes, ceiling_overall = judge.measure({label: held_out_faces[held_out_labels == label]
                                                       for label in samples})
     classes, overall = judge.measure(samples)
     unknown = [label for label in samples if label not in judge.column]
-    notes = {"labels_unknown_to_classifier": unknown} if unknown else {}
+    notes: dict[str, object] = {"labels_unknown_to_classifier": unknown} if unknown else {}
+    notes["real_faces_described"] = {label: int((judge.real_labels == label).sum()) for label in samples}
     ceiling = QualityReport("held-apart real faces", ceiling_classes, ceiling_overall, classifier=str(classifier), k=k)
     return QualityReport(generator, classes, overall, ceiling=ceiling, classifier=str(classifier), k=k, notes=notes)
 
@@ -213,11 +235,13 @@ def write_quality_report(report: QualityReport, folder: str | Path, samples: Map
 
 def report_generator(workspace: Workspace, run: str | Path, *, classifier: str | Path, per_class: int = 500,
                      first_seed: int = 0, split: SplitOptions | None = None, guidance: float | None = None,
-                     steps: int | None = None, device: str = "auto") -> QualityReport:
+                     steps: int | None = None, device: str = "auto",
+                     real_per_class: int | None = REAL_PER_CLASS) -> QualityReport:
     """The quality report of the generator in ``run`` (``per_class`` samples of each class, seeds
     ``first_seed`` on), written beside it (``quality.json``, ``quality.md``, ``quality-samples.png``).
     Its training faces are the ones it learnt from (ids stored with it); the ceiling's held-apart
-    faces are the real validation faces of the same sources under ``split``."""
+    faces are the real validation faces of the same sources under ``split``; ``real_per_class`` as
+    in :func:`quality_report`."""
     from fercurate.synth.generators import load_generator
 
     generator = load_generator(run, device=device)
@@ -239,6 +263,7 @@ def report_generator(workspace: Workspace, run: str | Path, *, classifier: str |
                             train_labels=trained["label"].tolist(),
                             held_out_faces=load_images(workspace.root, face_filepaths(held_out)),
                             held_out_labels=held_out["label"].tolist(), classifier=classifier,
+                            real_per_class=real_per_class,
                             generator=f"{generator.kind} {generator.path.parent} (step {generator.step}, "
                                       f"checkpoint {generator.checkpoint_sha1[:12]})")
     write_quality_report(report, generator.path.parent, samples)
