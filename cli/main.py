@@ -646,6 +646,7 @@ def train_command(
     workspace: WorkspaceOption = None,
     model: Annotated[str, typer.Option(help=f"{choices(ModelName)} (vgg: compact VGG, the strong baseline).")] = "vgg",
     epochs: Annotated[int, typer.Option(help="Epochs (the schedule shrinks to fit --max-minutes).")] = 40,
+    steps: Annotated[Optional[int], typer.Option(help="Optimisation steps instead of --epochs.")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="Time budget; the best model so far is kept.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Default 64 on CPU, 256 on a GPU.")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
@@ -672,7 +673,7 @@ def train_command(
     from fercurate.workspace import Workspace
 
     space = Workspace(workspace)
-    config = validated(TrainConfig, "train option", model=model, epochs=epochs, max_minutes=max_minutes,
+    config = validated(TrainConfig, "train option", model=model, epochs=epochs, steps=steps, max_minutes=max_minutes,
                        batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
                        class_weights=class_weights, balanced_sampler=balanced_sampler, device=device, seed=seed)
     split = validated(SplitOptions, "split option", strategy=split_strategy, seed=seed)
@@ -732,6 +733,8 @@ def benchmark(
     model: Annotated[str, typer.Option(help=f"{choices(ModelName)}.")] = "vgg",
     minutes: Annotated[float, typer.Option(help="Time budget per training set.")] = 10.0,
     epochs: Annotated[int, typer.Option(help="Epochs per training set (shrunk to fit the budget).")] = 40,
+    steps: Annotated[Optional[int], typer.Option(
+        help="Optimisation steps per training set instead of --epochs: every set gets the same number.")] = None,
     arms: Annotated[str, typer.Option(help="Training sets: original, class-weighted, balanced-sampler, "
                                            "rebalanced; augmented, cgan, ddpm, mix (after `synthesize` with that method).")] = "original,class-weighted,rebalanced",
     rebalance: Annotated[str, typer.Option(help="Target of the rebalanced set (uniform:N, cap:N, ...).")] = "cap:4000",
@@ -752,7 +755,8 @@ def benchmark(
     from fercurate.workspace import Workspace
 
     config = validated(BenchmarkConfig, "benchmark option",
-                       train={"model": model, "epochs": epochs, "max_minutes": minutes, "device": device, "seed": seed},
+                       train={"model": model, "epochs": epochs, "steps": steps, "max_minutes": minutes, "device": device,
+                              "seed": seed},
                        arms=[name.strip() for name in arms.split(",")], rebalance_target=rebalance,
                        train_source=train_source, tta_flip=tta, faces=faces,
                        seeds=[part.strip() for part in seeds.split(",")] if seeds is not None else None)

@@ -188,6 +188,16 @@ def test_a_few_steps_reduce_the_loss(demo_sets: tuple[FaceDataset, FaceDataset])
     assert result.best["value"] == max(entry["val_macro_f1"] for entry in result.history)
 
 
+def test_a_step_count_replaces_epochs_whatever_the_training_set_size(
+        demo_sets: tuple[FaceDataset, FaceDataset]) -> None:
+    train_set, val_set = demo_sets
+    half = FaceDataset(train_set.images[: len(train_set) // 2], train_set.labels[: len(train_set) // 2])
+    results = [train_datasets(tiny_config(epochs=1, steps=10), faces, val_set, CLASSES) for faces in (train_set, half)]
+    assert [result.steps for result in results] == [10, 10] == [result.requested_steps for result in results]
+    assert results[1].steps / results[1].steps_per_epoch > results[0].steps / results[0].steps_per_epoch > 1
+    assert results[0].stopped_by == "completed" and len(results[0].history) == 2  # a validation per epoch end, and the last
+
+
 def test_mixed_precision_and_deterministic_modes_train(demo_sets: tuple[FaceDataset, FaceDataset]) -> None:
     result = train_datasets(tiny_config(epochs=1, mixed_precision=True, deterministic=True), *demo_sets, CLASSES)
     assert result.mixed_precision == "bfloat16" and np.isfinite(result.history[-1]["train_loss"])

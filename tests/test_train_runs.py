@@ -98,12 +98,15 @@ def test_benchmark_augmented_arm_face_aware_occlusion_and_intervals_over_seeds(t
     synthesize(space, SynthesizeOptions(target="uniform:12"))
     added = make_occluded_test_set(space)
     exported = workspace_splits(space, ExportOptions(sources=["demo", "synthetic"], exclude_flags=["occluded-test"]))
-    config = BenchmarkConfig(train=TrainConfig(model="tiny", epochs=1, batch_size=16), arms=["original", "augmented"],
+    config = BenchmarkConfig(train=TrainConfig(model="tiny", steps=6, batch_size=16), arms=["original", "augmented"],
                              seeds=[0, 1], train_source="demo")
     report = run_benchmark(space, config, tmp_path / "bench")
     augmented = report["arms"]["augmented"]
     assert augmented["train_rows"] == len(exported["train"]) and augmented["synthetic_train_rows"] > 0
     assert report["arms"]["original"]["synthetic_train_rows"] == 0
+    trained = {arm: {facts["training"]["steps"] for facts in report["arms"][arm]["seeds"].values()}
+               for arm in ("original", "augmented")}
+    assert trained == {"original": {6}, "augmented": {6}}  # the same optimisation steps on sets of different sizes
     tests = augmented["seeds"]["1"]["tests"]
     assert tests["demo test, occluded (face-aware)"]["rows"] == added == report["data"]["face_aware_occluded_rows"]
     assert tests["demo test, occluded (square)"]["rows"] == report["data"]["test_rows"]
@@ -118,6 +121,7 @@ def test_benchmark_augmented_arm_face_aware_occlusion_and_intervals_over_seeds(t
     assert row["verdict"] in ("finding", "within noise")
     markdown = (tmp_path / "bench" / "benchmark.md").read_text()
     assert "occluded (face-aware)" in markdown and "a finding needs several seeds" in markdown
+    assert "budget 6 optimisation steps or" in markdown and "6 steps (" in markdown
 
 
 def test_benchmark_refuses_bad_arms_and_seeds_before_training(workspace: Workspace, tmp_path: Path) -> None:

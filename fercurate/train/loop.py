@@ -77,6 +77,8 @@ class TrainConfig(BaseModel):
 
     model: ModelName = "vgg"
     epochs: int = Field(40, ge=1)
+    steps: int | None = Field(None, ge=1, description="optimisation steps, instead of epochs x steps per epoch: "
+                                                      "training sets of different sizes then get the same number")
     batch_size: int | None = Field(None, ge=2, description="None: 64 on CPU, 256 on CUDA")
     optimizer: Optimizer = "adamw"
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
@@ -424,7 +426,7 @@ class _Run:
             weight = (counts.sum() / (num_classes * counts.clamp(min=1))).float().to(self.device)
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
         self.optimizer = _build_optimizer(self.model, config)
-        self.requested_steps = config.epochs * self.loader.steps_per_epoch
+        self.requested_steps = config.steps or config.epochs * self.loader.steps_per_epoch
         self.schedule = _Schedule(config.schedule, self.requested_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)

@@ -444,13 +444,14 @@ def _plot_benchmark(table: pd.DataFrame, target: Path) -> None:
 def _write_benchmark_pages(report: dict[str, Any], table: pd.DataFrame, output_dir: Path) -> None:
     train = report["config"]["train"]
     seeds = next(iter(report["arms"].values()))["seeds"]
+    steps = f"{train['steps']} optimisation steps or " if train.get("steps") else ""
     header = (f"Model {train['model']}, seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}, budget "
-              f"{train['max_minutes']} min per training set and seed on {report['machine']['device']} "
+              f"{steps}{train['max_minutes']} min per training set and seed on {report['machine']['device']} "
               f"({report['machine']['cores']} cores); data {report['data']['manifest_sha1'][:12]}; "
               f"{report['seconds']} s in all.")
     epochs = "; ".join(f"{arm} (seed {seed}): {facts['train_rows']} training rows"
                        + (f" ({facts['synthetic_train_rows']} synthetic)" if facts["synthetic_train_rows"] else "")
-                       + f", {run['training']['epochs']:.1f} epochs, best validation "
+                       + f", {run['training']['steps']} steps ({run['training']['epochs']:.1f} epochs), best validation "
                        f"{run['training']['best']['metric']} {run['training']['best']['value']:.3f}"
                        for arm, facts in report["arms"].items() for seed, run in facts["seeds"].items())
     notes = " ".join(report.get("notes", []))
