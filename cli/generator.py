@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fercurate.errors import OptionError
+from fercurate_cli.progress import LoggedProgress
 
 generator_app = typer.Typer(help="Face generators fercurate trains (cgan, ddpm): train, sample, report.",
                             no_args_is_help=True)
@@ -103,10 +104,10 @@ class _TrainingBar:
     def __enter__(self) -> Any:
         if self.quiet:
             return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TextColumn("{task.fields[losses]}"), console=errors, transient=True)
+        self.bar = LoggedProgress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                  TextColumn("{task.fields[losses]}"), console=errors)
         self.bar.__enter__()
         self.task = self.bar.add_task("training", total=None, losses="")
 

@@ -29,6 +29,7 @@ from fercurate.errors import FercurateError, OptionError
 from fercurate.options import (BALANCE_HELP, DEVICES, Faces, ModelName, NoiseModel, Optimizer, Schedule, choices,
                                validated)
 from fercurate_cli.generator import generator_app
+from fercurate_cli.progress import LoggedProgress
 from fercurate_cli.review import review_app
 from fercurate_cli.synthesize import synthesize
 
@@ -200,13 +201,13 @@ def _render_alignment(report: dict[str, Any]) -> None:
 
 def _ingest_with_progress(space: Workspace, reader: Source, quiet: bool, align: bool = False) -> IngestReport:
     """Ingest with a progress bar; with ``align``, then align the run's faces (``report.alignment``)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     if quiet:
         report = space.ingest(reader)
     else:
-        with Progress(TextColumn("[bold]ingest {task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=errors, transient=True) as progress:
+        with LoggedProgress(TextColumn("[bold]ingest {task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), console=errors) as progress:
             task = progress.add_task(reader.name, total=reader.size_hint())
             report = space.ingest(reader, progress=lambda n: progress.advance(task, n))
     if align and report.rows is not None and report.rows.num_rows:
@@ -366,12 +367,12 @@ def _with_step_progress(title: str, call: Callable[[Callable[[str, int, int | No
                         quiet: bool) -> Any:
     """``call(advance)`` with one progress bar per step it reports (``advance(step, done, total)``);
     ``advance`` is None when ``quiet``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     if quiet:
         return call(None)
-    with Progress(TextColumn(f"[bold]{title} {{task.description}}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=errors, transient=True) as progress:
+    with LoggedProgress(TextColumn(f"[bold]{title} {{task.description}}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=errors) as progress:
         tasks: dict[str, TaskID] = {}
 
         def advance(step: str, amount: int, total: int | None) -> None:
@@ -622,10 +623,10 @@ def app_command(
 
 def _training_progress() -> tuple[Progress, Callable[[str, TrainProgress], None]]:
     """A rich progress bar over training steps, showing loss and validation scores."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=errors, transient=True)
+    bar = LoggedProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=errors)
     tasks: dict[str, TaskID] = {}
 
     def update(name: str, event: TrainProgress) -> None:

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from fercurate.errors import OptionError
 from fercurate.options import validated
+from fercurate_cli.progress import LoggedProgress
 
 if TYPE_CHECKING:
     from fercurate.synth.plan import RebalancePlan
@@ -125,10 +126,10 @@ class _ProgressBar:
     def __enter__(self) -> Progress | None:
         if self.quiet:
             return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=errors, transient=True)
+        self.bar = LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeRemainingColumn(), console=errors)
         self.bar.__enter__()
 
         def update(stage: str, done: int, total: int) -> None:

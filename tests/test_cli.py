@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ def test_ingest_without_arguments_ingests_the_demo(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "rows of this run by label and split" in result.output
     assert "demo" in result.output and "280" in result.output
+    assert re.search(r"^ingest demo \d+/\d+ ", result.output, re.M)  # the bar's line: CliRunner's stderr is no tty
 
 
 def test_json_output_is_machine_readable_and_rerun_adds_nothing(tmp_path: Path) -> None:
@@ -55,10 +57,35 @@ def test_help_and_ingest_do_not_import_heavy_libraries() -> None:
 
 
 def test_ingest_help_names_exactly_the_registered_sources() -> None:
-    import re
-
     from fercurate.sources import SOURCES
     from fercurate_cli.main import SOURCE_HELP
 
     named = set(re.findall(r"(?:^|[:,] |, )([a-z0-9]+)(?= \(|,|\.$)", " ".join(SOURCE_HELP.split())))
     assert named == set(SOURCES)
+
+
+def test_progress_bars_log_lines_where_stderr_is_not_a_terminal() -> None:
+    import io
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+
+    from fercurate_cli.progress import LoggedProgress
+
+    def lines(log_every_s: float, terminal: bool) -> list[str]:
+        sink = io.StringIO()
+        console = Console(file=sink, force_terminal=terminal, width=120)
+        with LoggedProgress(TextColumn("fill {task.description}"), BarColumn(), MofNCompleteColumn(),
+                            console=console, log_every_s=log_every_s) as progress:
+            task = progress.add_task("disgust", total=3)
+            for _ in range(4):  # the fourth advance passes the total: the task logged its end already
+                progress.advance(task)
+            unknown = progress.add_task("fear", total=None)
+            progress.advance(unknown, 5)
+        return [line for line in sink.getvalue().splitlines() if "fill " in line]
+
+    assert lines(0, terminal=False) == ["fill disgust 1/3", "fill disgust 2/3", "fill disgust 3/3",
+                                        "fill fear 5/?", "fill fear 5/?"]  # the last when the bar closes
+    assert lines(3600, terminal=False) == ["fill disgust 3/3", "fill fear 5/?"]  # only where each ended
+    drawn = lines(0, terminal=True)
+    assert drawn and all("━" in line for line in drawn)  # a terminal gets the live bar only, no log lines
