@@ -200,6 +200,8 @@ def test_cli_export_with_balance(workspace: Workspace, tmp_path: Path) -> None:
 def test_fiftyone_export_reloads(workspace: Workspace, tmp_path: Path, fiftyone_database: Path) -> None:
     import fiftyone as fo
 
+    from fercurate.audit.fiftyone_database import dataset_name
+
     output = tmp_path / "export"
     report = export_dataset(workspace, output, ExportOptions(formats=["fiftyone"]))
     reloaded = fo.Dataset.from_dir(str(output / "fiftyone"), dataset_type=fo.types.FiftyOneDataset)
@@ -210,4 +212,4 @@ def test_fiftyone_export_reloads(workspace: Workspace, tmp_path: Path, fiftyone_
         assert all(Path(path).is_file() and str(output) in path for path in reloaded.values("filepath"))
     finally:
         reloaded.delete()
-        fo.load_dataset(f"fercurate-{workspace.root.name}").delete()
+        fo.load_dataset(dataset_name(workspace)).delete()

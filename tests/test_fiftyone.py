@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from fercurate.audit.fiftyone_database import dataset_name as mirror_name
 from fercurate.audit.fiftyone_database import prepare_fiftyone_database
 from fercurate.audit.fiftyone_sync import SAVED_VIEWS, sync_to_fiftyone
 from fercurate.audit.uniqueness import embedding_uniqueness
@@ -312,7 +313,7 @@ def test_cli_audit_syncs_findings_into_fiftyone(tmp_path: Path, fiftyone_databas
     result = CliRunner().invoke(app, ["audit", "-w", str(space.root), "--fiftyone", "--json", "--no-faces"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    dataset = fo.load_dataset(f"fercurate-{space.root.name}")
+    dataset = fo.load_dataset(mirror_name(space))
     try:
         assert len(dataset) == 35
         assert sorted(dataset.list_saved_views()) == sorted(view.name for view in SAVED_VIEWS)
@@ -320,3 +321,10 @@ def test_cli_audit_syncs_findings_into_fiftyone(tmp_path: Path, fiftyone_databas
         assert dataset.has_brain_run("similarity")  # the audit's embeddings were aligned and used
     finally:
         dataset.delete()
+
+
+def test_workspaces_of_the_same_folder_name_get_their_own_mirror(tmp_path: Path) -> None:
+    first, second = Workspace(tmp_path / "a" / "ws"), Workspace(tmp_path / "b" / "ws")
+    assert mirror_name(first) != mirror_name(second)
+    assert mirror_name(first) == mirror_name(Workspace(tmp_path / "a" / ".." / "a" / "ws"))  # the resolved path
+    assert mirror_name(first).startswith("fercurate-ws-") and len(mirror_name(first)) == len("fercurate-ws-") + 8

@@ -14,6 +14,7 @@ FiftyOne's loaded configuration) for FiftyOne, and it does so before FiftyOne is
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import os
 import subprocess
@@ -30,8 +31,12 @@ WORKSPACE_DATABASE_FOLDER = "fiftyone-db"
 
 
 def dataset_name(workspace: Workspace) -> str:
-    """The default FiftyOne dataset name of a workspace: ``fercurate-<folder name>``."""
-    return f"fercurate-{workspace.root.resolve().name}"
+    """The default FiftyOne dataset name of a workspace: ``fercurate-<folder name>-<8 hex digits
+    of the SHA-1 of its resolved path>``. The folder name alone let two workspaces called ``ws``
+    in one database (a shared ``FIFTYONE_DATABASE_URI`` or ``FIFTYONE_DATABASE_DIR``) overwrite
+    each other's mirror."""
+    root = workspace.root.resolve()
+    return f"fercurate-{root.name}-{hashlib.sha1(str(root).encode()).hexdigest()[:8]}"
 
 
 def prepare_fiftyone_database(database_dir: Path | None = None) -> None:
