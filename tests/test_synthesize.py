@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import albumentations as A
 import numpy as np
@@ -145,10 +146,19 @@ def test_synthesize_then_export_has_no_leak_rerun_adds_nothing_remove_restores(d
                                                                                tmp_path) -> None:
     space = demo_workspace
     before = space.manifest()
-    report = synthesize(space, SynthesizeOptions(target="uniform:16"))
+    done: Counter[str] = Counter()
+    totals: dict[str, int] = {}
+
+    def tell(stage: str, amount: int, total: int) -> None:
+        done[stage] += amount
+        totals[stage] = total
+
+    report = synthesize(space, SynthesizeOptions(target="uniform:16"), progress=tell)
     after = space.manifest()
     added = sum(report.added.values())
     assert added == report.plan.total_new == after.num_rows - before.num_rows > 0
+    assert done == totals == {f"augment {entry.label}": entry.new["augment"] for entry in report.plan.classes
+                              if entry.new["augment"]}  # a stage per class, ending at its total (none replaced)
     synthetic = after.filter(after["is_synthetic"]).to_pandas()
     assert synthetic["parent_id"].notna().all() and synthetic["near_copy_distance"].notna().all()
     assert (synthetic["synthetic_label"] == synthetic["label"]).all()

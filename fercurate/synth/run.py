@@ -160,12 +160,13 @@ def _parent_faces(workspace: Workspace, manifest: pa.Table, parents: pd.DataFram
 
 
 def _derive(images: Sequence[np.ndarray], points: Sequence[np.ndarray | None], jobs: pd.DataFrame, *,
-            namespace: str, strength: Strength, progress: Progress | None) -> tuple[list[np.ndarray], list[str]]:
-    """The faces of ``jobs`` (columns ``parent``: index into ``images`` / ``points``, ``occluder``, ``seed``)."""
+            stage: str, strength: Strength, progress: Progress | None) -> tuple[list[np.ndarray], list[str]]:
+    """The faces of ``jobs`` (columns ``parent``: index into ``images`` / ``points``, ``occluder``, ``seed``),
+    reported to ``progress`` as ``stage``."""
     parents = jobs["parent"].tolist()
     return augment_faces([images[i] for i in parents], jobs["occluder"].tolist(), jobs["seed"].tolist(),
                          landmarks=[points[i] for i in parents], strength=strength,
-                         progress=(lambda n: progress(namespace, n, len(jobs))) if progress else None)
+                         progress=(lambda n: progress(stage, n, len(jobs))) if progress else None)
 
 
 def _jobs(parents: pd.DataFrame, label: str, start: int, count: int, occluders: Sequence[str], seed: int,
@@ -230,13 +231,13 @@ def _load_generators(options: SynthesizeOptions, workspace: Workspace, train: pd
 
 
 def _sample(generator: TrainedGenerator, label: str, seeds: list[int], options: SynthesizeOptions,
-            progress: Progress | None, chunk: int = 256) -> Iterator[np.ndarray]:
-    """The faces of ``seeds``, made in chunks (progress is told after each)."""
+            stage: str, progress: Progress | None, chunk: int = 256) -> Iterator[np.ndarray]:
+    """The faces of ``seeds``, made in chunks (``progress`` is told after each, as ``stage``)."""
     for start in range(0, len(seeds), chunk):
         part = seeds[start:start + chunk]
         yield from generator.sample(label, part, guidance=options.guidance, steps=options.sampling_steps)
         if progress is not None:
-            progress(generator.kind, len(part), len(seeds))
+            progress(stage, len(part), len(seeds))
 
 
 def synthesize(workspace: Workspace, options: SynthesizeOptions | None = None, *,
@@ -268,9 +269,11 @@ def synthesize(workspace: Workspace, options: SynthesizeOptions | None = None, *
         for entry in plan.classes if plan.total_new else ():
             for method, count in entry.new.items():
                 wanted, start = count, 0
-                for _ in range(options.retries + 1):
+                for attempt in range(options.retries + 1):
                     if wanted <= 0:
                         break
+                    stage = f"{method} {entry.name}" + (
+                        f" (replacing rejected, round {attempt})" if attempt else "")
                     if method == "augment":
                         jobs = _jobs(train, entry.label, start, wanted, options.occluders, options.seed, "augment",
                                      group=None if plan.by is None else (plan.by, entry.group))
@@ -288,10 +291,11 @@ def synthesize(workspace: Workspace, options: SynthesizeOptions | None = None, *
                         real = thumbnails(parent_images)
                         real_hashes = image_hashes(real)
                     if method == "augment":
-                        faces, placements = _derive(parent_images, parent_points, jobs, namespace="augment",
+                        faces, placements = _derive(parent_images, parent_points, jobs, stage=stage,
                                                     strength=options.strength, progress=progress)
                     else:
-                        faces = list(_sample(generators[method], entry.label, jobs["seed"].tolist(), options, progress))
+                        faces = list(_sample(generators[method], entry.label, jobs["seed"].tolist(), options, stage,
+                                             progress))
                         placements = []
                     scores = score(thumbnails(faces), real, jobs["parent"].to_numpy(), jobs["label"].to_numpy(),
                                    options.filter, real_hashes)
@@ -408,7 +412,7 @@ def make_occluded_test_set(workspace: Workspace, *, occluders: Sequence[str] = T
         if jobs.empty:
             return 0
         images, points = _parent_faces(workspace, manifest, test)
-        faces, placements = _derive(images, points, jobs, namespace=OCCLUDED_TEST_FLAG, strength=strength,
+        faces, placements = _derive(images, points, jobs, stage=OCCLUDED_TEST_FLAG, strength=strength,
                                     progress=progress)
         parent_by_id = {row["id"]: row for row in
                         manifest.filter(pc.is_in(manifest["id"], pa.array(test["id"].tolist()))).to_pylist()}
