@@ -210,6 +210,7 @@ def _ingest_with_progress(space: Workspace, reader: Source, quiet: bool, align: 
                             TimeRemainingColumn(), console=errors) as progress:
             task = progress.add_task(reader.name, total=reader.size_hint())
             report = space.ingest(reader, progress=lambda n: progress.advance(task, n))
+            progress.update(task, total=progress.tasks[task].completed)  # the hint may be an estimate
     if align and report.rows is not None and report.rows.num_rows:
         from fercurate.align import align_workspace  # dlib and the audit's modules: only when asked
 

@@ -17,7 +17,7 @@ LOG_EVERY_S = 30.0
 
 class LoggedProgress(Progress):
     """A transient rich ``Progress`` that also logs its tasks as lines when its console is not a
-    terminal: the bar's columns (but the bar itself) joined by spaces."""
+    terminal: its columns, all but the bar itself, joined by spaces."""
 
     def __init__(self, *columns: ProgressColumn, console: Console, log_every_s: float = LOG_EVERY_S) -> None:
         super().__init__(*columns, console=console, transient=True)
