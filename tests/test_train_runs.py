@@ -138,3 +138,16 @@ def test_benchmark_refuses_bad_arms_and_seeds_before_training(workspace: Workspa
         result = CliRunner().invoke(app, ["benchmark", str(tmp_path / "b"), "-w", str(workspace.root),
                                           "--seeds", ",".join(bad), "--train-source", "demo"])
         assert result.exit_code == 2 and "seeds" in result.output, (bad, result.output)
+
+
+def test_benchmark_without_test_rows_is_refused_before_training(tmp_path: Path) -> None:
+    demo = open_demo(tmp_path / "demo", per_class=6)  # a fer2013.csv reader; keep its header and Training rows
+    lines = demo.path.read_text().splitlines()
+    (tmp_path / "train-only.csv").write_text("\n".join([lines[0], *(line for line in lines[1:]
+                                                                   if line.endswith(",Training"))]) + "\n")
+    space = Workspace(tmp_path / "ws")
+    space.ingest(open_source("fer2013", tmp_path / "train-only.csv"))
+    result = CliRunner().invoke(app, ["benchmark", str(tmp_path / "bench"), "-w", str(space.root), "--model", "tiny",
+                                      "--arms", "original", "--epochs", "1"])
+    assert result.exit_code == 2 and "no fer2013 test rows" in result.output, result.output
+    assert "internal error" not in result.output and not (tmp_path / "bench" / "original").exists()

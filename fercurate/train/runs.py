@@ -260,6 +260,10 @@ def run_benchmark(workspace: Workspace, config: BenchmarkConfig, output_dir: Pat
     started = time.time()
     manifest = workspace.manifest().drop_columns(["landmarks", "action_units", "alignment"]).to_pandas()
     base = workspace_splits(workspace, ExportOptions(sources=[config.train_source], apply_rebalance_drops=False))
+    if base["test"].empty:
+        raise TrainError(f"the workspace has no {config.train_source} test rows, so there is nothing to score the "
+                         "training sets on", "ingest the source's test split too (FER2013's PrivateTest rows), or "
+                         "give --train-source a source that has one")
     cross = {source: manifest[manifest["source"] == source] for source in sorted(set(manifest["source"]))
              if source not in (config.train_source, "synthetic")}
     test_name = f"{config.train_source} test"
