@@ -102,8 +102,9 @@ class _Judge:
         self.column = {name: index for index, name in enumerate(meta["class_names"])}
         self.train_faces = train_faces
         self.train_hashes = image_hashes(train_faces)
-        described = _per_class_draw(np.asarray(train_labels, dtype=object), labels, real_per_class)
-        self.real_labels = np.asarray(train_labels, dtype=object)[described]
+        train_labels = np.asarray(train_labels, dtype=object)
+        described = _per_class_draw(train_labels, labels, real_per_class)
+        self.real_labels = train_labels[described]
         self.real_features = classifier_features(self.model, train_faces[described], self.normalization)[0] \
             if len(described) else np.empty((0, 0))
         self.filter_options = (filter_options or FilterOptions()).model_copy(update={"judge": None})
